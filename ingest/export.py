@@ -1,0 +1,173 @@
+"""Review clips: a short, browser-playable MP4 of an event with some context before and after.
+
+Why re-encode instead of cutting with ``-c copy``: a stream copy can only start at a keyframe (seconds
+off), keeps the source codec (HEVC, MJPEG and 4:2:2 do not play in every browser) and keeps rotation as
+metadata that some players ignore. Re-encoding gives exactly the requested window, H.264 High/yuv420p
+(plays everywhere), upright pixels, an optional smaller size, and ``moov`` before ``mdat``
+(``movflags=+faststart``) so the player can start and seek before the whole file has arrived.
+Review clips are silent: audio from a patient room is not needed to review a video event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from ingest._decoding import ErrorLog, decoded_frames
+from ingest._media import frame_to_rgb, open_input, rotation_from_frame, rotation_from_metadata, video_stream
+from ingest.errors import DecodeError
+from ingest.probe import probe
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_clip", "output_size"]
+
+_TIME_BASE = Fraction(1, 90_000)  # MPEG's clock: exact for 24/25/30/60 fps and for variable frame rates
+
+
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is at most ``max_side``, both even (yuv420p needs it)."""
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    w = max(2, int(width * scale) // 2 * 2)
+    h = max(2, int(height * scale) // 2 * 2)
+    return w, h
+
+
+def export_clip(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    start: float,
+    end: float,
+    *,
+    pre: float = 2.0,
+    post: float = 2.0,
+    max_side: int | None = None,
+    crf: int = 23,
+) -> Path:
+    """Write ``[start - pre, end + post]`` seconds of ``src`` (clamped to the file) as H.264 MP4 at ``dst``.
+
+    Args:
+        src: the recording.
+        dst: output path (written to a temporary name beside it, then renamed: never half-written).
+        start, end: the event, in seconds from the recording start.
+        pre, post: seconds of context before and after.
+        max_side: scale down so the longer side is at most this many pixels (None: display size).
+            Odd sizes are rounded down to even.
+        crf: x264 quality (lower is better; 23 is x264's default).
+
+    Returns:
+        ``Path(dst)``. Frame times keep the source's spacing (variable frame rates stay variable), the
+        first frame is at 0 s, rotation is applied to the pixels.
+
+    Raises:
+        InvalidVideoError: ``src`` is not a readable video.
+        ValueError: the window is empty (``end < start``, negative padding, or it lies past the end).
+        DecodeError: no frame of the window could be decoded.
+    """
+    if end < start or pre < 0 or post < 0:
+        raise ValueError("need start <= end and non-negative pre/post padding")
+    info = probe(src)
+    a = max(0.0, start - pre)
+    b = min(end + post, info.duration) if info.duration > 0 else end + post
+    if b <= a:
+        raise ValueError(f"the window {a:.2f}-{b:.2f} s lies outside the recording (0-{info.duration:.2f} s)")
+    size = output_size(info.width, info.height, max_side)
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        written = _transcode(Path(src), tmp, a, b, size, info.fps, crf)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported %s [%.2f, %.2f] s -> %s (%d frames, %dx%d)", Path(src).name, a, b, out, written, *size)
+    return out
+
+
+def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], fps: float, crf: int) -> int:
+    """Decode ``[a, b)`` of ``src`` and encode it to ``dst``; returns the number of frames written."""
+    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+    with (
+        open_input(src) as inp,
+        av.open(str(dst), mode="w", format="mp4", container_options={"movflags": "+faststart"}) as out,
+    ):
+        stream = video_stream(inp, src.name)
+        stream.thread_type = "AUTO"
+        time_base = Fraction(stream.time_base) if stream.time_base is not None else None
+        origin = stream.start_time or 0
+        rotation = rotation_from_metadata(stream.metadata)
+
+        enc = out.add_stream("libx264", rate=rate)
+        enc.width, enc.height, enc.pix_fmt = size[0], size[1], "yuv420p"
+        enc.time_base = _TIME_BASE
+        enc.codec_context.time_base = _TIME_BASE
+        enc.options = {"crf": str(crf), "preset": "veryfast", "profile": "high"}
+
+        written, last_pts = 0, -1
+        reformatter = VideoReformatter()
+        for index, frame in enumerate(_frames_from(inp, stream, a, src.name)):
+            t = _seconds(frame, time_base, origin, index, fps)
+            if t < a - 1e-6:
+                continue
+            if t >= b - 1e-6:
+                break
+            if rotation is None:
+                rotation = rotation_from_frame(frame)
+            image = frame_to_rgb(frame, size, rotation, reformatter)
+            pts = max(last_pts + 1, round((t - a) / _TIME_BASE))
+            out.mux(enc.encode(_video_frame(image, pts)))
+            written, last_pts = written + 1, pts
+        if written == 0:
+            raise DecodeError(f"no frame between {a:.2f} s and {b:.2f} s of {src.name} could be decoded")
+        out.mux(enc.encode(None))
+    return written
+
+
+def _frames_from(
+    inp: av.container.InputContainer, stream: av.video.stream.VideoStream, a: float, name: str
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a keyframe at or before ``a`` seconds.
+
+    Why check: demuxers seek by their own index (MP4 by decode time, MPEG-TS by byte position) and can
+    land after ``a``; then the window's first frames would be missing. In that case, or when the stream
+    has no timestamps, decoding starts from the beginning.
+    """
+    time_base = Fraction(stream.time_base) if stream.time_base is not None else None
+    origin = stream.start_time or 0
+    errors = ErrorLog(name, None)
+    # Streams without timestamps (raw H.264) have no start time; a failed seek can leave their demuxer
+    # at the end, so they are never seeked.
+    if time_base is not None and stream.start_time is not None and a > 1.0:
+        try:
+            inp.seek(origin + int(a / time_base), stream=stream, backward=True)
+            frames = decoded_frames(inp, stream, errors)
+            first = next(frames, None)
+            if first is not None and first.pts is not None and float((first.pts - origin) * time_base) <= a + 1e-6:
+                yield first
+                yield from frames
+                return
+            frames.close()
+            inp.seek(origin, stream=stream, backward=True)
+        except av.FFmpegError as exc:  # not seekable (raw streams): we are still at the start
+            log.debug("%s: seek failed (%s); decoding from the start", name, exc)
+    yield from decoded_frames(inp, stream, errors)
+
+
+def _seconds(frame: av.VideoFrame, time_base: Fraction | None, origin: int, index: int, fps: float) -> float:
+    if frame.pts is not None and time_base is not None:
+        return float((frame.pts - origin) * time_base)
+    return index / fps if fps > 0 else float(index)
+
+
+def _video_frame(image: np.ndarray, pts: int) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    frame.pts = pts
+    frame.time_base = _TIME_BASE
+    return frame

@@ -1,0 +1,257 @@
+"""One instrumented forward pass: the only place attribution code touches the caller's model.
+
+Why a single place: hooks on someone else's model are the classic way attribution libraries
+leak state (a hook left behind after an exception, a module swapped on a shared class, a
+gradient cached on ``self`` that another thread overwrites). Here every module hook lives only
+for the duration of one ``model(x)`` call and is removed in ``finally``, whatever happens; what
+outlives the forward is confined to the per-call :class:`Trace` and to *tensor* hooks on that
+call's own autograd graph, which die with it.
+
+Two things are instrumented:
+
+* the **target layer** (Grad-CAM's feature map): a forward hook records its output ``A`` and
+  hands downstream a clone of it carrying a tensor hook, which records ``dS/dA`` during the
+  backward pass. The clone makes the capture immune to downstream in-place ops (torchvision's
+  ``out += identity``; an in-place ReLU right after the layer) and to the guided rule that a
+  ReLU *inside* the layer registers on the very same tensor.
+* every **nn.ReLU (and nn.ReLU6) module**, for Guided Backpropagation (Springenberg et al., "Striving for
+  Simplicity", ICLR-W 2015): a forward hook puts a tensor hook on each ReLU output that clamps
+  the incoming gradient at zero; ReLU's own backward then masks by ``input > 0``, which together
+  is the guided rule ``R_in = [x > 0] * max(R_out, 0)``. Being per *call*, this handles one
+  module used twice (torchvision's ``BasicBlock.relu``) and in-place ReLUs, needs no
+  ``register_full_backward_hook`` (which refuses in-place outputs) and never the deprecated
+  ``register_backward_hook``. Done with differentiable ops, so ``create_graph=True`` works.
+
+ReLUs called as functions (``F.relu``, ``torch.relu``, ``x.relu()``) cannot be hooked that way
+and would silently keep their plain gradient. During a guided forward a ``TorchFunctionMode``
+(thread-local, active only inside the call) watches for them and raises
+:class:`FunctionalReLUError` naming the module that made the call.
+
+Every hook checks the calling thread, so even a model shared between threads (in eval mode) is
+only affected by the thread that is explaining it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from model.attribution.errors import AttributionError, FunctionalReLUError
+
+__all__ = ["Trace", "traced_forward"]
+
+# Rectifier modules that get the guided rule. ReLU6 qualifies: its backward masks by
+# 0 < x < 6, so clamping the incoming gradient gives the same guided rule (MobileNets use it).
+_GUIDED_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+
+# Functional spellings of ReLU that Guided Backprop must see as modules.
+_FUNCTIONAL_RELUS: frozenset[Callable[..., object]] = frozenset(
+    {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.relu6}
+)
+
+
+@dataclass(eq=False)
+class Trace:
+    """What one instrumented forward pass leaves for the backward pass.
+
+    Attributes:
+        logits: model output ``[N, K]`` (a ``[N]`` output is viewed as ``[N, 1]``).
+        activations: the target layer's output ``A`` as the layer produced it (``None`` when no
+            layer was hooked), e.g. ``[N, K, h, w]``, ``[N*T, K, h, w]`` or ``[N, K, t, h, w]``.
+        layer_grad: ``dS/dA`` (same shape as ``activations``), filled in by the backward pass
+            while ``capture`` is true.
+        relus_after_layer: names of ``nn.ReLU`` modules that ran after the target layer; if any,
+            guided gradients at the layer differ from plain ones (see :mod:`.explain`).
+        guided: switch read by the guided-ReLU tensor hooks during backward; turning it off
+            gives plain gradients from the same graph.
+        capture: switch read by the layer's gradient hook.
+    """
+
+    logits: Tensor | None = None
+    activations: Tensor | None = None
+    layer_grad: Tensor | None = None
+    relus_after_layer: list[str] = field(default_factory=list)
+    guided: bool = True
+    capture: bool = True
+    # --- bookkeeping during the forward pass ---
+    _thread: int = field(default_factory=threading.get_ident)
+    _layer_calls: int = 0
+    _relu_depth: int = 0
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    # Tensor hooks (run during backward) -----------------------------------------------------
+    def _guided_rule(self, grad: Tensor) -> Tensor | None:
+        # Guided Backprop: only positive gradient signal passes a ReLU (its backward then also
+        # masks by the forward input's sign).
+        return grad.clamp(min=0) if self.guided else None
+
+    def _record_layer_grad(self, grad: Tensor) -> None:
+        if self.capture:
+            self.layer_grad = grad
+
+    # Module hooks (run during forward) ------------------------------------------------------
+    def _layer_hook(self, module: nn.Module, args: tuple[object, ...], output: object) -> Tensor | None:
+        if not self._mine():
+            return None
+        self._layer_calls += 1
+        if self._layer_calls > 1:
+            return None  # reported after the forward (see traced_forward)
+        if not isinstance(output, Tensor):
+            raise AttributionError(
+                f"the target layer {type(module).__name__} returned {type(output).__name__}, "
+                "not a tensor; choose a module whose output is a single feature map"
+            )
+        self.activations = output
+        if not output.requires_grad:
+            return None
+        passthrough = output.clone()
+        passthrough.register_hook(self._record_layer_grad)
+        return passthrough
+
+    def _relu_pre_hook(self, module: nn.Module, args: tuple[object, ...]) -> None:
+        if self._mine():
+            self._relu_depth += 1
+
+    def _relu_hook(self, name: str, module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        if not self._mine():
+            return
+        self._relu_depth -= 1
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(self._guided_rule)
+        if self.activations is not None:
+            self.relus_after_layer.append(name)
+
+
+class _FunctionalReLUWatch(TorchFunctionMode):
+    """Refuse ReLUs called as functions outside an ``nn.ReLU`` module (guided pass only).
+
+    Torch-function modes are thread-local, so this sees only the explaining thread's calls.
+    """
+
+    def __init__(self, trace: Trace, model: nn.Module) -> None:
+        super().__init__()
+        self._trace = trace
+        self._model = model
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # torch protocol; untyped
+        kwargs = kwargs or {}
+        if self._trace._relu_depth == 0 and _is_functional_relu(func):
+            arg = args[0] if args else kwargs.get("input")
+            if isinstance(arg, Tensor) and arg.requires_grad:
+                raise FunctionalReLUError(
+                    f"the model calls {_func_name(func)} outside an nn.ReLU module"
+                    f"{_calling_module(self._model)}; Guided Backprop can only apply its rule to "
+                    "nn.ReLU modules and would silently return plain gradients there. Replace the "
+                    "call by an nn.ReLU module (e.g. self.relu = nn.ReLU() in __init__)."
+                )
+        return func(*args, **kwargs)
+
+
+def _is_functional_relu(func: object) -> bool:
+    try:
+        return func in _FUNCTIONAL_RELUS
+    except TypeError:  # an unhashable callable cannot be one of ours
+        return False
+
+
+def _func_name(func: object) -> str:
+    if func is Tensor.relu or func is Tensor.relu_:
+        return f"Tensor.{func.__name__}()"  # type: ignore[attr-defined]
+    module = getattr(func, "__module__", None) or "torch"
+    return f"{module}.{getattr(func, '__name__', repr(func))}"
+
+
+def _calling_module(model: nn.Module) -> str:
+    """`` (in module 'layer1.0')`` for the innermost module of ``model`` on the Python stack.
+
+    Only runs on the error path, so walking frames costs nothing in normal use.
+    """
+    names = {id(m): name for name, m in model.named_modules()}
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            name = names[id(owner)] or "<root>"
+            return f" (in module {name!r}, {type(owner).__name__})"
+        frame = frame.f_back
+    return ""
+
+
+def traced_forward(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    layer: nn.Module | None = None,
+    guided: bool = False,
+) -> Trace:
+    """Run ``model(inputs)`` once with the requested instrumentation and return its :class:`Trace`.
+
+    Args:
+        model: any ``nn.Module`` returning logits ``[N, K]``.
+        inputs: ``[N, C, H, W]`` or ``[N, C, T, H, W]``, already requiring grad.
+        layer: a submodule whose output to record (and whose gradient to capture), or ``None``.
+        guided: install the Guided Backprop rule on every ``nn.ReLU`` call and refuse
+            functional ReLUs.
+
+    Module hooks exist only while this function runs; they are removed in ``finally`` also when
+    the forward raises. The caller runs the backward pass (``torch.autograd.grad``) afterwards.
+    """
+    trace = Trace(guided=guided)
+    handles: list[RemovableHandle] = []
+    try:
+        if guided:
+            # Registered before the layer hook: a ReLU that *is* the last op of the layer then
+            # counts as inside the layer, not after it.
+            for name, module in model.named_modules():
+                if isinstance(module, _GUIDED_MODULES):
+                    handles.append(module.register_forward_pre_hook(trace._relu_pre_hook))
+                    handles.append(module.register_forward_hook(_bind_name(trace._relu_hook, name)))
+        if layer is not None:
+            handles.append(layer.register_forward_hook(trace._layer_hook))
+        with torch.inference_mode(False), torch.enable_grad():
+            if guided:
+                with _FunctionalReLUWatch(trace, model):
+                    output = model(inputs)
+            else:
+                output = model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    trace.logits = _check_logits(output, inputs.shape[0])
+    if layer is not None:
+        if trace._layer_calls == 0:
+            raise AttributionError(f"the target layer {type(layer).__name__} did not run during the forward pass")
+        if trace._layer_calls > 1:
+            raise AttributionError(
+                f"the target layer {type(layer).__name__} ran {trace._layer_calls} times in one "
+                "forward pass (a shared module such as a ResNet block's relu); choose a module that "
+                "runs once, e.g. the whole block"
+            )
+    return trace
+
+
+def _bind_name(hook: Callable[..., None], name: str) -> Callable[..., None]:
+    def bound(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        hook(name, module, args, output)
+
+    return bound
+
+
+def _check_logits(output: object, n: int) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise AttributionError(f"the model must return a logits tensor [N, K], got {type(output).__name__}")
+    if output.dim() == 1:
+        output = output[:, None]
+    if output.dim() != 2 or output.shape[0] != n:
+        raise AttributionError(f"the model must return logits [N={n}, K], got shape {tuple(output.shape)}")
+    return output

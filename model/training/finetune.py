@@ -1,0 +1,208 @@
+"""``finetune()``: the one call the server's training job makes.
+
+Base checkpoint in, candidate checkpoint out::
+
+    result = finetune(
+        "models/v3.pt",
+        out_path="models/v4-candidate.pt",
+        labelled=[ReviewedClip(labels=labels_from_review(names, positives=["fall"]), video=..., times=...), ...],
+        unlabelled=[ReviewedClip(video=..., times=...), ...],
+        validation=[...],                      # labelled clips for model selection and comparison
+        mode="alternating",
+        hyperparameters={"epochs": 5, "lr": 1e-5, "alpha": 8},
+        on_progress=lambda p: job.update(epoch=p.epoch, step=p.step, loss=p.loss, val_f1=p.val_macro_f1),
+        should_cancel=lambda: job.cancel_requested(),
+    )
+    result.metrics["val_macro_f1"], result.comparison["diff_macro_f1"], result.sha256
+
+The base model's architecture, class names and input spec carry over unchanged. Both the base
+and the fine-tuned model are scored on the same validation clips (the side-by-side comparison).
+The candidate file is written atomically by :func:`model.weights.save_checkpoint` only after
+training finished; a cancelled job raises :class:`~model.training.trainer.TrainingCancelled`
+and leaves no file at ``out_path`` (a resumable state in ``work_dir``, if given, is always a
+complete file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.training.datasets import ReviewedClip, TrainingData, reviewed_clips
+from model.training.evaluation import class_targets, mean_average_precision, predict_probs
+from model.training.metrics import macro_f1, per_class_f1
+from model.training.trainer import FinetuneConfig, TrainingCancelled, TrainProgress, train
+from model.weights import InputSpec, load_checkpoint, save_checkpoint
+
+__all__ = ["FinetuneResult", "TrainingCancelled", "finetune", "score"]
+
+logger = logging.getLogger(__name__)
+
+ClipsLike = TrainingData | Sequence[ReviewedClip]
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes:
+        path: the candidate checkpoint (a Wardwatch checkpoint, loadable with
+            :func:`model.weights.load_checkpoint`).
+        sha256: its hex digest (the model version's identity).
+        metrics: stored in the checkpoint too: validation scores of the candidate, the base's,
+            the mode and hyper-parameters, best epoch, step count, seconds.
+        comparison: ``{"base": {...}, "candidate": {...}, "diff_macro_f1": float}`` on the same
+            validation clips (empty without validation data).
+        history: one row per epoch (losses, ATCON agreement, validation macro-F1).
+    """
+
+    path: str
+    sha256: str
+    metrics: dict[str, Any]
+    comparison: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _as_data(clips: ClipsLike | None, class_names: Sequence[str], spec: InputSpec) -> TrainingData | None:
+    if clips is None:
+        return None
+    if isinstance(clips, TrainingData):
+        if list(clips.class_names) != list(class_names):
+            raise ValueError(f"data classes {clips.class_names} differ from the model's {list(class_names)}")
+        return clips
+    clips = list(clips)
+    return reviewed_clips(clips, class_names, spec) if clips else None
+
+
+def score(model: Any, data: TrainingData, spec: InputSpec, *, batch_size: int = 64) -> dict[str, Any]:
+    """Validation scores of ``model``: macro-F1, per-class F1, mAP and the item count."""
+    probs = predict_probs(model, data.frames, spec, batch_size=batch_size)
+    targets = class_targets(data.labels, multi_label=spec.multi_label)
+    per = per_class_f1(probs, targets, multi_label=spec.multi_label)
+    return {
+        "macro_f1": macro_f1(probs, targets, multi_label=spec.multi_label),
+        "per_class_f1": {n: (None if math.isnan(v) else float(v)) for n, v in zip(data.class_names, per, strict=True)},
+        "map": mean_average_precision(probs, targets),
+        "items": len(data),
+    }
+
+
+def finetune(
+    base_checkpoint: str | os.PathLike[str],
+    *,
+    out_path: str | os.PathLike[str],
+    labelled: ClipsLike | None,
+    unlabelled: ClipsLike | None,
+    validation: ClipsLike | None = None,
+    mode: str = "alternating",
+    hyperparameters: Mapping[str, Any] | FinetuneConfig | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    device: str = "auto",
+    work_dir: str | os.PathLike[str] | None = None,
+) -> FinetuneResult:
+    """Fine-tune a Wardwatch checkpoint with ATCON (or supervised / combined) and save a candidate.
+
+    Args:
+        base_checkpoint: the starting model (``model.weights`` format).
+        out_path: where the candidate checkpoint goes (written atomically, only on success).
+        labelled: reviewed clips (labels per the model's class names: 1 / 0 / NaN), or
+            :class:`TrainingData`. Needed unless ``mode="unsupervised"``.
+        unlabelled: the ATCON pool (labels ignored). Needed unless ``mode="supervised"``.
+        validation: labelled clips for model selection and the base-vs-candidate comparison;
+            ``None``: the last epoch is kept and no comparison is made.
+        mode: ``supervised`` / ``unsupervised`` / ``alternating`` / ``combined``.
+        hyperparameters: :class:`FinetuneConfig` fields (e.g. ``epochs``, ``lr``, ``alpha``,
+            ``atcon_weight``, ``grad_clip``, ``atcon={"detach_mask": True}``); unknown keys raise
+            ``ValueError``. ``mode`` here overrides the one in ``hyperparameters``.
+        on_progress: receives :class:`TrainProgress` (epoch, step, loss, validation macro-F1).
+        should_cancel: polled before each step; True stops the job with
+            :class:`TrainingCancelled` and nothing is written to ``out_path``.
+        device: ``auto`` / ``cpu`` / ``cuda``.
+        work_dir: if given, a resumable training state is kept there (``train_state.pt``) and a
+            restarted job with the same arguments continues from the last completed epoch.
+
+    Returns:
+        :class:`FinetuneResult` (path, sha256, metrics, comparison, history).
+    """
+    if isinstance(hyperparameters, FinetuneConfig):
+        config = hyperparameters
+    else:
+        config = FinetuneConfig.from_dict(dict(hyperparameters or {}))
+    config.mode, config.device = mode, device
+    config.__post_init__()
+    if config.reflect_padding:
+        raise ValueError(
+            "reflect_padding is not stored in checkpoints; fine-tuning refuses it to keep the model loadable"
+        )
+    if work_dir is not None:
+        config.checkpoint_path = str(Path(work_dir) / "train_state.pt")
+        config.resume = True
+    loaded = load_checkpoint(base_checkpoint, device=device)
+    spec, names = loaded.input_spec, loaded.class_names
+    lab = _as_data(labelled, names, spec)
+    unl = _as_data(unlabelled, names, spec)
+    val = _as_data(validation, names, spec)
+    if unl is not None:  # the pool's labels are never used, even if present
+        unl = unl.subset(np.arange(len(unl)), unlabel=True)
+    base_scores = score(loaded.model, val, spec, batch_size=config.eval_batch_size) if val is not None else None
+    logger.info(
+        "fine-tuning %s (%s, %d classes) mode=%s: %d labelled, %d unlabelled, %d validation clips",
+        base_checkpoint,
+        loaded.arch,
+        len(names),
+        config.mode,
+        0 if lab is None else len(lab),
+        0 if unl is None else len(unl),
+        0 if val is None else len(val),
+    )
+    result = train(
+        loaded.model,
+        labelled=lab,
+        unlabelled=unl,
+        validation=val,
+        spec=spec,
+        config=config,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    if should_cancel is not None and should_cancel():
+        raise TrainingCancelled("cancelled before the candidate was saved")
+    candidate_scores = score(result.model, val, spec, batch_size=config.eval_batch_size) if val is not None else None
+    metrics: dict[str, Any] = {
+        "finetune": {
+            "base_checkpoint": str(base_checkpoint),
+            "base_sha256": loaded.sha256,
+            "mode": config.mode,
+            "hyperparameters": config.to_dict(),
+            "best_epoch": result.best_epoch,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 2),
+            "labelled": 0 if lab is None else len(lab),
+            "unlabelled": 0 if unl is None else len(unl),
+        }
+    }
+    comparison: dict[str, Any] = {}
+    if candidate_scores is not None and base_scores is not None:
+        metrics.update({f"val_{k}": v for k, v in candidate_scores.items()})
+        metrics["base_val_macro_f1"] = base_scores["macro_f1"]
+        comparison = {
+            "base": base_scores,
+            "candidate": candidate_scores,
+            "diff_macro_f1": candidate_scores["macro_f1"] - base_scores["macro_f1"],
+        }
+    for key in ("checkpoint_path", "tensorboard_dir"):  # machine-local paths do not belong in a model file
+        metrics["finetune"]["hyperparameters"].pop(key, None)
+    sha = save_checkpoint(
+        out_path, model=result.model.cpu(), arch=loaded.arch, class_names=names, input_spec=spec, metrics=metrics
+    )
+    return FinetuneResult(
+        path=str(out_path), sha256=sha, metrics=metrics, comparison=comparison, history=result.history
+    )

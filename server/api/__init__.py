@@ -1,0 +1,1 @@
+"""HTTP layer: dependencies and routes. Routes stay short and call services."""

@@ -1,0 +1,97 @@
+"""Events: the review queue, one event, a clinician's review, explanations and their media."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from server.api.deps import SessionDep, SettingsDep
+from server.db.tables import Event, EventStatus, Explanation
+from server.schemas import EventPublic, EventsPublic, ExplanationPublic, ExplanationsPublic, ReviewIn
+from server.services.errors import NotFoundError
+from server.services.events import get_event, list_events, review_event
+
+router = APIRouter(tags=["events"])
+API = "/api/v1"
+
+
+def event_public(event: Event) -> EventPublic:
+    out = EventPublic.model_validate(event)
+    out.key_frame_url = f"{API}/events/{event.id}/keyframe.png" if event.key_frame_path else None
+    scores = [e.agreement for e in event.explanations if e.agreement is not None]
+    out.agreement = scores[0] if scores else None
+    return out
+
+
+def explanation_public(item: Explanation) -> ExplanationPublic:
+    return ExplanationPublic(
+        id=item.id, event_id=item.event_id, method=item.method, key_frame_time=item.key_frame_time,
+        agreement=item.agreement, overlay_url=f"{API}/explanations/{item.id}/overlay.png",
+        video_url=f"{API}/explanations/{item.id}/overlay.mp4" if item.video_path else None,
+    )
+
+
+@router.get("/events", response_model=EventsPublic)
+def read_events(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[int | None, Query(description="last id of the previous page")] = None,
+    status: EventStatus | None = None,
+    label: str | None = None,
+    recording: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> EventsPublic:
+    """Flagged events, newest first, filterable, paginated by cursor."""
+    page, total = list_events(session=session, limit=limit, cursor=cursor, status=status, label=label,
+                              recording_id=recording, since=since, until=until)
+    next_cursor = page[-1].id if len(page) == limit else None
+    return EventsPublic(data=[event_public(e) for e in page], count=total, next_cursor=next_cursor)
+
+
+@router.get("/events/{event_id}", response_model=EventPublic)
+def read_event(session: SessionDep, event_id: int) -> EventPublic:
+    return event_public(get_event(session=session, event_id=event_id))
+
+
+@router.post("/events/{event_id}/review", response_model=EventPublic)
+def post_review(session: SessionDep, event_id: int, review: ReviewIn) -> EventPublic:
+    """Confirm, reject or relabel a flagged event (a later review replaces an earlier one)."""
+    return event_public(review_event(session=session, event_id=event_id, review=review))
+
+
+@router.get("/events/{event_id}/explanations", response_model=ExplanationsPublic)
+def read_explanations(session: SessionDep, event_id: int) -> ExplanationsPublic:
+    """Grad-CAM, Guided Backprop and Guided Grad-CAM of the event's key frame, with their agreement score."""
+    event = get_event(session=session, event_id=event_id)
+    items = [explanation_public(e) for e in event.explanations]
+    return ExplanationsPublic(data=items, count=len(items))
+
+
+@router.get("/events/{event_id}/keyframe.png", response_class=FileResponse)
+def read_key_frame(session: SessionDep, settings: SettingsDep, event_id: int) -> FileResponse:
+    event = get_event(session=session, event_id=event_id)
+    return _media(settings.data_dir, event.key_frame_path, "image/png")
+
+
+@router.get("/explanations/{explanation_id}/{media}", response_class=FileResponse)
+def read_explanation_media(session: SessionDep, settings: SettingsDep, explanation_id: int,
+                           media: Literal["overlay.png", "overlay.mp4"]) -> FileResponse:
+    """The overlay PNG or the per-frame overlay video (answers range requests, so players can seek)."""
+    item = session.get(Explanation, explanation_id)
+    if item is None:
+        raise NotFoundError("explanation", explanation_id)
+    if media == "overlay.png":
+        return _media(settings.data_dir, item.overlay_path, "image/png")
+    return _media(settings.data_dir, item.video_path, "video/mp4")
+
+
+def _media(data_dir: Path, relative: str | None, media_type: str) -> FileResponse:
+    path = (data_dir / relative).resolve() if relative else None
+    if path is None or not path.is_file() or data_dir not in path.parents:
+        raise HTTPException(404, detail="media not available")
+    return FileResponse(path, media_type=media_type)

@@ -1,0 +1,189 @@
+"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("wardwatch")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ingest.synthetic import SynthConfig, generate
+
+    result = generate(args.out, SynthConfig(seconds=args.seconds, seed=args.seed, width=args.width,
+                                            height=args.height, fps=args.fps))
+    print(f"video:        {result.video}")
+    print(f"annotations:  {result.annotations_json}, {result.annotations_csv}")
+    print(f"events:       {len(result.events)} ({', '.join(sorted({e.label for e in result.events}))})")
+    print(f"distractors:  {len(result.distractors)}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from server.offline import ingest_file
+
+    try:
+        summary = ingest_file(
+            args.path, score=not args.no_score, model_path=args.model, device=args.device,
+            clip_seconds=args.clip_seconds, stride_seconds=args.stride_seconds, sample_fps=args.sample_fps,
+            size=tuple(args.size) if args.size else None, threshold=args.threshold,
+            progress=sys.stderr.isatty() and not args.json,
+        )
+    except Exception as exc:  # noqa: BLE001 - a CLI answers with a message, not a traceback
+        if args.json:
+            print(json.dumps({"clips": 0, "frames": 0, "duration": 0.0, "events": [], "errors": [str(exc)]}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{args.path}: {summary['clips']} clips, {summary['frames']} frames, {summary['duration']:.1f} s")
+    for event in summary["events"]:
+        print(f"  {event['label']:<20} {event['start']:8.1f}-{event['end']:<8.1f} peak {event['peak_score']:.2f}")
+    for error in summary["errors"]:
+        print(f"  warning: {error}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.training.supervised import train_demo_model
+
+    metrics = train_demo_model(args.out, arch=args.arch, videos=args.videos, seconds=args.seconds,
+                               epochs=args.epochs, seed=args.seed, device=args.device, progress=True)
+    print(json.dumps({"checkpoint": str(args.out), "metrics": metrics}, indent=2, default=str))
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from server.db import migrate
+    from server.settings import get_settings
+
+    url = get_settings().sqlalchemy_url
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(url, args.revision or "-1")
+    print(f"database at revision {_current(url)}")
+    return 0
+
+
+def _current(url: str) -> str | None:
+    from server.db.migrate import current_revision
+    from server.db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.main import create_app
+    from server.settings import Settings
+
+    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from server.worker.tasks import celery_app
+
+    if not os.environ.get("WARDWATCH_BROKER_URL"):
+        print("error: set WARDWATCH_BROKER_URL (e.g. redis://localhost:6379/0) to run a separate worker",
+              file=sys.stderr)
+        return 2
+    celery_app.worker_main(["worker", "--queues", args.queues, "--pool", "solo", "--loglevel", args.loglevel])
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from server.demo import run_demo
+
+    return run_demo(data_dir=Path(args.data_dir), host=args.host, port=args.port, seconds=args.seconds,
+                    seed=args.seed, serve=not args.once)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wardwatch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic patient-room video with annotations")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--fps", type=int, default=15)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("ingest", help="cut a video into clips and score it, without the server")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-score", action="store_true", help="decode and cut only")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped demo model)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--clip-seconds", type=float, default=None)
+    p.add_argument("--stride-seconds", type=float, default=None)
+    p.add_argument("--sample-fps", type=float, default=None)
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None)
+    p.add_argument("--threshold", type=float, default=0.5, help="event threshold on clip probability")
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("train", help="train a clip classifier on synthetic ward video")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--arch", default="tiny3d")
+    p.add_argument("--videos", type=int, default=None, help="number of synthetic training videos")
+    p.add_argument("--seconds", type=float, default=None, help="length of each training video")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("db", help="database schema (Alembic)")
+    p.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    p.add_argument("revision", nargs="?", default=None)
+    p.set_defaults(func=_db)
+
+    p = sub.add_parser("serve", help="run the API and web UI (embedded worker unless a broker is set)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker (needs WARDWATCH_BROKER_URL)")
+    p.add_argument("--queues", default="inference,training")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("demo", help="synthetic ward video -> scored events -> browser, all embedded")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--data-dir", default="wardwatch-demo")
+    p.add_argument("--once", action="store_true", help="exit after scoring instead of serving")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Database layer: typed SQLAlchemy 2 tables, sessions and Alembic migrations."""

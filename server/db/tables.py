@@ -1,0 +1,172 @@
+"""Typed tables: recording, clip, event, explanation, model_version, job (DESIGN.md's first-cut data model)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from server.db.base import Base, utcnow
+
+
+class RecordingStatus(enum.StrEnum):
+    pending = "pending"
+    queued = "queued"
+    ingesting = "ingesting"
+    scored = "scored"
+    failed = "failed"
+
+
+class EventStatus(enum.StrEnum):
+    flagged = "flagged"
+    confirmed = "confirmed"
+    rejected = "rejected"
+    relabelled = "relabelled"
+
+
+class ModelState(enum.StrEnum):
+    candidate = "candidate"
+    active = "active"
+    retired = "retired"
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as strings (no native enum types) so adding a value never needs an ALTER TYPE.
+    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_version"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    architecture: Mapped[str] = mapped_column(String(32))
+    class_names: Mapped[list[Any]]
+    input_spec: Mapped[dict[str, Any]]
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    state: Mapped[ModelState] = mapped_column(_enum(ModelState, "model_state"), default=ModelState.candidate)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Recording(Base):
+    __tablename__ = "recording"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(Text, doc="original file name or stream URL")
+    path: Mapped[str | None] = mapped_column(Text, doc="stored file, relative to the data directory")
+    room: Mapped[str | None] = mapped_column(String(128))
+    patient_ref: Mapped[str | None] = mapped_column(String(128), doc="pseudonymous ID, never a name")
+    started_at: Mapped[datetime | None]
+    fps: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    duration: Mapped[float | None] = mapped_column(Float)
+    codec: Mapped[str | None] = mapped_column(String(32))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    status: Mapped[RecordingStatus] = mapped_column(
+        _enum(RecordingStatus, "recording_status"), default=RecordingStatus.pending, index=True
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[list[Any]] = mapped_column(default=list)
+    clip_count: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    events: Mapped[list[Event]] = relationship(back_populates="recording")
+
+
+class Clip(Base):
+    __tablename__ = "clip"
+    __table_args__ = (UniqueConstraint("recording_id", "index", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recording.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int]
+    start: Mapped[float] = mapped_column(Float, doc="seconds from recording start")
+    end: Mapped[float] = mapped_column(Float)
+    start_wall: Mapped[datetime | None]
+    end_wall: Mapped[datetime | None]
+    frame_indices: Mapped[list[Any]]
+    timestamps: Mapped[list[Any]] = mapped_column(doc="seconds of each sampled frame, to re-read them exactly")
+    scores: Mapped[dict[str, Any]] = mapped_column(doc="label -> probability")
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+
+
+class Event(Base):
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_recording_label", "recording_id", "label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recording.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(64))
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    start_wall: Mapped[datetime | None]
+    end_wall: Mapped[datetime | None]
+    peak_score: Mapped[float] = mapped_column(Float)
+    peak_time: Mapped[float] = mapped_column(Float)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    status: Mapped[EventStatus] = mapped_column(
+        _enum(EventStatus, "event_status"), default=EventStatus.flagged, index=True
+    )
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewed_label: Mapped[str | None] = mapped_column(String(64))
+    key_frame_time: Mapped[float | None] = mapped_column(Float)
+    key_frame_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    recording: Mapped[Recording] = relationship(back_populates="events")
+    explanations: Mapped[list[Explanation]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", order_by="Explanation.id"
+    )
+
+
+class Explanation(Base):
+    __tablename__ = "explanation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("event.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    key_frame_time: Mapped[float] = mapped_column(Float)
+    overlay_path: Mapped[str] = mapped_column(Text, doc="PNG, relative to the data directory")
+    video_path: Mapped[str | None] = mapped_column(Text, doc="per-frame overlay MP4, relative")
+    agreement: Mapped[float | None] = mapped_column(Float, doc="ATCON similarity of coarse and fine maps")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    event: Mapped[Event] = relationship(back_populates="explanations")
+
+
+class Job(Base):
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    celery_id: Mapped[str | None] = mapped_column(String(64))
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recording.id", ondelete="SET NULL"))
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the FastAPI application with the REST API under /api/v1 and the web UI at /."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
+
+from server import __version__
+from server.api.routes import events, health, jobs, recordings
+from server.bootstrap import ensure_active_model, open_database
+from server.db.session import session_scope
+from server.db.tables import Job, JobStatus, Recording, RecordingStatus
+from server.model_cache import ModelCache
+from server.pipeline import WorkerContext
+from server.services.errors import ConflictError, NotFoundError
+from server.settings import Settings, get_settings
+from server.worker.dispatch import Dispatcher, make_dispatcher
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; shared objects live on ``app.state`` and reach routes through ``server.api.deps``."""
+    settings = settings or get_settings()
+    engine, factory = open_database(settings)
+    ensure_active_model(settings, factory)
+    context = WorkerContext(settings=settings, session_factory=factory, models=ModelCache(settings.device))
+    dispatcher = make_dispatcher(settings, context)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.embedded:
+            _resume_in_flight(context, dispatcher)
+        yield
+        dispatcher.shutdown()
+        engine.dispose()
+
+    app = FastAPI(
+        title="Wardwatch",
+        version=__version__,
+        description="Explainable video event detection for clinical review.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = factory
+    app.state.dispatcher = dispatcher
+    app.state.worker_context = context
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    for module in (health, recordings, events, jobs):
+        app.include_router(module.router, prefix=API_PREFIX)
+    if settings.web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    return app
+
+
+def _resume_in_flight(context: WorkerContext, dispatcher: Dispatcher) -> None:
+    """Embedded mode: re-queue recordings that were queued or half-scored when the server stopped."""
+    with session_scope(context.session_factory) as session:
+        stuck = session.scalars(
+            select(Recording).where(Recording.status.in_([RecordingStatus.queued, RecordingStatus.ingesting]))
+        ).all()
+        resumed = []
+        for recording in stuck:
+            job = Job(kind="score", recording_id=recording.id, params={"resumed": True}, status=JobStatus.queued)
+            session.add(job)
+            session.flush()
+            resumed.append((recording.id, job.id))
+    for recording_id, job_id in resumed:
+        log.info("resuming recording %s", recording_id)
+        dispatcher.process_recording(recording_id, job_id)

@@ -1,0 +1,101 @@
+"""Explanation media for one event: key frame, Grad-CAM / Guided Backprop / Guided Grad-CAM overlays, and the
+per-frame Grad-CAM overlay video of the event's peak clip. Files live under ``<data_dir>/media/events/<id>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from model.attribution import agreement, explain
+
+from ingest.decode import read_frames
+from model.inference import frames_to_tensor
+from model.nets import default_target_layer
+from model.visualize import gradient_image, heatmap_overlay, overlay_video, save_image
+from model.weights import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: the largest side of stored overlays: enough to see a patient, small enough to load fast in a review queue.
+MAX_OVERLAY_SIDE = 640
+
+
+@dataclass
+class RenderedExplanation:
+    method: str
+    overlay_path: Path
+    video_path: Path | None
+    agreement: float | None
+
+
+@dataclass
+class RenderedEvent:
+    key_frame_time: float
+    key_frame_path: Path
+    explanations: list[RenderedExplanation]
+
+
+def _display_size(width: int, height: int) -> tuple[int, int]:
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def _resize_map(values: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """[H0,W0] -> [H,W] bilinear, as float numpy."""
+    resized = F.interpolate(values[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0, 0].cpu().numpy()
+
+
+def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [H0,W0,3] -> [H,W,3] (nearest keeps the gradient image's pixels honest)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    resized = F.interpolate(tensor, size=(height, width), mode="nearest")
+    return resized[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+
+
+def render_event_media(*, loaded: LoadedModel, video_path: Path, timestamps: list[float], label_index: int,
+                       source_size: tuple[int, int], out_dir: Path,
+                       methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam"),
+                       ) -> RenderedEvent:
+    """Explain the event's peak clip for ``label_index`` and write its media into ``out_dir``.
+
+    ``timestamps`` are the sampled frame times (seconds) of the peak clip, exactly as it was scored.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = loaded.input_spec
+    model_frames = read_frames(video_path, timestamps, size=spec.size)            # [T,h,w,3]
+    width, height = _display_size(*source_size)
+    display_frames = read_frames(video_path, timestamps, size=(width, height))    # [T,H,W,3]
+    inputs = frames_to_tensor(model_frames[None], spec).to(loaded.device)         # [1,3,T,h,w]
+    maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),
+                   methods=methods)
+    cam = maps["grad_cam"][0].detach()                                             # [T,h,w]
+    fine = maps.get("guided_backprop")
+    score = None
+    if fine is not None:
+        score = float(agreement(maps["grad_cam"].detach(), fine.detach())[0])
+
+    key = len(timestamps) // 2
+    key_time = float(timestamps[key])
+    key_frame = display_frames[key]
+    key_frame_path = save_image(key_frame, out_dir / "key_frame.png")
+    rendered: list[RenderedExplanation] = []
+
+    cam_key = _resize_map(cam[key], height, width)
+    overlay = save_image(heatmap_overlay(key_frame, cam_key), out_dir / "grad_cam.png")
+    cams_full = np.stack([_resize_map(cam[t], height, width) for t in range(cam.shape[0])])
+    video = overlay_video(display_frames, cams_full, out_dir / "grad_cam.mp4", fps=spec.sample_fps)
+    rendered.append(RenderedExplanation("grad_cam", overlay, video, score))
+
+    for method in ("guided_backprop", "guided_grad_cam"):
+        if method not in maps:
+            continue
+        grad = maps[method][0, :, key].detach().cpu()                              # [3,h,w]
+        image = _resize_image(gradient_image(grad), height, width)
+        rendered.append(RenderedExplanation(method, save_image(image, out_dir / f"{method}.png"), None, score))
+    return RenderedEvent(key_time, key_frame_path, rendered)

@@ -1,0 +1,66 @@
+"""``wardwatch ingest``: cut one file into clips and score it in this process, no server or database."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ingest.clips import ClipSpec, IngestReport, iter_clips
+from ingest.probe import probe
+from model.events import EventRule, detect_events
+from model.inference import ClipScorer
+from model.weights import load_checkpoint
+from server.settings import DEFAULT_MODEL_PATH
+
+
+def ingest_file(path: str | Path, *, score: bool = True, model_path: Path | None = None, device: str = "auto",
+                clip_seconds: float | None = None, stride_seconds: float | None = None,
+                sample_fps: float | None = None, size: tuple[int, int] | None = None, threshold: float = 0.5,
+                progress: bool = False) -> dict[str, Any]:
+    """Summary ``{"clips", "frames", "duration", "events", "errors", "gaps"}`` of one file.
+
+    Clip geometry defaults to the model's input spec (so scoring sees what the model was trained on);
+    the options override it, and with ``score=False`` no model is loaded at all.
+    """
+    info = probe(path)
+    loaded = load_checkpoint(model_path or DEFAULT_MODEL_PATH, device=device) if score else None
+    base = loaded.input_spec if loaded else None
+    spec = ClipSpec(
+        clip_seconds=clip_seconds or (base.clip_seconds if base else 2.0),
+        stride_seconds=stride_seconds or clip_seconds or (base.clip_seconds if base else 2.0),
+        sample_fps=sample_fps or (base.sample_fps if base else 8.0),
+        size=size or (tuple(base.size) if base else (112, 112)),  # type: ignore[arg-type]
+    )
+    if loaded is not None and (spec.frames_per_clip != loaded.input_spec.frames
+                               or tuple(spec.size) != tuple(loaded.input_spec.size)):
+        raise ValueError(
+            f"clip geometry {spec.frames_per_clip} frames at {spec.size} does not match the model's input "
+            f"({loaded.input_spec.frames} frames at {tuple(loaded.input_spec.size)})"
+        )
+    report = IngestReport()
+    clips = iter_clips(path, spec, started_at=info.creation_time, report=report)
+    if progress:
+        from tqdm import tqdm
+
+        clips = tqdm(clips, total=int(info.duration // spec.stride_seconds) or None, unit="clip",
+                     desc=Path(path).name)
+    events: list[dict[str, Any]] = []
+    if loaded is None:
+        for _clip in clips:
+            pass
+    else:
+        scored = ClipScorer(loaded).score_all(clips)
+        found = detect_events(scored.starts, scored.ends, scored.scores, loaded.class_names,
+                              EventRule(threshold=threshold))
+        events = [
+            {k: v for k, v in dataclasses.asdict(e).items() if k != "clip_indices"} for e in found
+        ]
+    return {
+        "clips": report.clips,
+        "frames": report.frames,
+        "duration": round(report.duration or info.duration, 3),
+        "events": events,
+        "errors": list(report.errors),
+        "gaps": [list(g) for g in report.gaps],
+    }

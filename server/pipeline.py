@@ -1,0 +1,234 @@
+"""Score one recording: clips -> classifier -> clip rows -> events -> explanation media.
+
+This is the body of the ``wardwatch.process_recording`` task. It runs the same way inside the embedded server
+(thread pool) and inside a Celery worker. It is idempotent: a recording already scored by the active model is
+left alone, and a run that died midway is redone from a clean slate for that model version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.clips import ClipSpec, IngestReport, iter_clips
+from ingest.errors import IngestError
+from model.events import DetectedEvent, EventRule, detect_events
+from model.inference import ClipScorer
+from model.weights import LoadedModel
+from server.db.base import utcnow
+from server.db.session import session_scope
+from server.db.tables import (
+    Clip,
+    Event,
+    Explanation,
+    Job,
+    JobStatus,
+    Recording,
+    RecordingStatus,
+)
+from server.media import render_event_media
+from server.model_cache import ModelCache
+from server.services.models import get_active_model
+from server.services.recordings import mark_failed
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: clips are written in batches of this many, so progress is visible and a crash loses little.
+COMMIT_EVERY = 32
+
+
+@dataclass
+class WorkerContext:
+    """What a process needs to run tasks: settings, its own database sessions, its own loaded models."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    models: ModelCache
+
+
+@dataclass
+class _ScoreRun:
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    timestamps: list[list[float]] = field(default_factory=list)
+
+
+def clip_spec_for(loaded: LoadedModel, settings: Settings) -> ClipSpec:
+    """The clip cutting that matches the model's input spec."""
+    spec = loaded.input_spec
+    return ClipSpec(
+        clip_seconds=spec.clip_seconds,
+        stride_seconds=settings.clip_stride_seconds or spec.clip_seconds,
+        sample_fps=spec.sample_fps,
+        size=tuple(spec.size),  # type: ignore[arg-type]
+    )
+
+
+def event_rule(settings: Settings) -> EventRule:
+    return EventRule(
+        threshold=settings.event_threshold,
+        low_threshold=settings.event_low_threshold,
+        min_duration=settings.event_min_duration,
+        merge_gap=settings.event_merge_gap,
+    )
+
+
+def process_recording(ctx: WorkerContext, recording_id: int, job_id: int | None = None) -> None:
+    """Score ``recording_id`` with the active model; on any failure mark it (and its job) failed with the reason."""
+    try:
+        _process(ctx, recording_id, job_id)
+    except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
+        reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+        log.exception("recording %s failed", recording_id)
+        with session_scope(ctx.session_factory) as session:
+            recording = session.get(Recording, recording_id)
+            if recording is not None:
+                mark_failed(recording=recording, reason=reason)
+            _finish_job(session, job_id, JobStatus.failed, error=reason)
+
+
+def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
+    with session_scope(ctx.session_factory) as session:
+        recording = session.get(Recording, recording_id)
+        if recording is None:
+            raise LookupError(f"recording {recording_id} not found")
+        version = get_active_model(session=session)
+        if version is None:
+            raise RuntimeError("no active model version: register one with `wardwatch db upgrade` + server start")
+        already = session.scalar(
+            select(Clip.id).where(Clip.recording_id == recording_id, Clip.model_version_id == version.id).limit(1)
+        )
+        if recording.status == RecordingStatus.scored and already is not None:
+            log.info("recording %s already scored by model %s", recording_id, version.id)
+            _finish_job(session, job_id, JobStatus.succeeded, result={"skipped": "already scored"})
+            return
+        if recording.path is None:
+            raise RuntimeError(f"recording {recording_id} has no stored file")
+        # A previous run that died midway left partial rows for this model version: start clean.
+        session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id))
+        session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version.id))
+        recording.status = RecordingStatus.ingesting
+        recording.error = None
+        _start_job(session, job_id)
+        video_path = ctx.settings.data_dir / recording.path
+        started_at = recording.started_at
+        duration = recording.duration or 0.0
+        source_size = (recording.width or 320, recording.height or 240)
+        version_id = version.id
+        loaded = ctx.models.get(version)
+
+    spec = clip_spec_for(loaded, ctx.settings)
+    report = IngestReport()
+    run = _score_clips(ctx, recording_id, version_id, job_id, video_path, spec, started_at, duration, loaded,
+                       report)
+    detected = detect_events(run.starts, run.ends, np.stack(run.scores) if run.scores else
+                             np.zeros((0, len(loaded.class_names))), loaded.class_names, event_rule(ctx.settings))
+    with session_scope(ctx.session_factory) as session:
+        for found in detected:
+            _store_event(ctx, session, recording_id, version_id, found, run, loaded, video_path, source_size,
+                         started_at)
+        recording = session.get(Recording, recording_id)
+        assert recording is not None
+        recording.status = RecordingStatus.scored
+        recording.clip_count = report.clips
+        recording.warnings = list(report.errors)
+        if report.clips == 0:
+            mark_failed(recording=recording, reason="no complete clip could be decoded from this video"
+                        + (f" ({report.errors[0]})" if report.errors else ""))
+            _finish_job(session, job_id, JobStatus.failed, error=recording.error)
+            return
+        _finish_job(session, job_id, JobStatus.succeeded,
+                    result={"clips": report.clips, "events": len(detected), "errors": report.errors})
+    log.info("recording %s scored: %d clips, %d events", recording_id, report.clips, len(detected))
+
+
+def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id: int | None, video_path: Path,
+                 spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
+                 report: IngestReport) -> _ScoreRun:
+    run = _ScoreRun()
+    scorer = ClipScorer(loaded, batch_size=ctx.settings.score_batch_size)
+    expected = max(1.0, duration / spec.stride_seconds)
+    pending: list[Clip] = []
+    for clip, probs in scorer.score(iter_clips(video_path, spec, started_at=started_at, report=report)):
+        run.starts.append(clip.start)
+        run.ends.append(clip.end)
+        run.scores.append(np.asarray(probs, dtype=np.float32))
+        times = [float(t) for t in clip.timestamps]
+        run.timestamps.append(times)
+        pending.append(Clip(
+            recording_id=recording_id, index=clip.index, start=clip.start, end=clip.end,
+            start_wall=clip.start_wall, end_wall=clip.end_wall,
+            frame_indices=[int(i) for i in clip.frame_indices], timestamps=times,
+            scores={name: round(float(p), 5) for name, p in zip(loaded.class_names, probs, strict=True)},
+            model_version_id=version_id,
+        ))
+        if len(pending) >= COMMIT_EVERY:
+            _flush_clips(ctx, pending, job_id, min(0.95, len(run.starts) / expected))
+    _flush_clips(ctx, pending, job_id, 0.95)
+    return run
+
+
+def _flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, progress: float) -> None:
+    if not pending:
+        return
+    with session_scope(ctx.session_factory) as session:
+        session.add_all(pending)
+        if job_id is not None and (job := session.get(Job, job_id)) is not None:
+            job.progress = progress
+    pending.clear()
+
+
+def _store_event(ctx: WorkerContext, session: Session, recording_id: int, version_id: int, found: DetectedEvent,
+                 run: _ScoreRun, loaded: LoadedModel, video_path: Path, source_size: tuple[int, int],
+                 started_at) -> None:  # type: ignore[no-untyped-def]
+    label_index = list(loaded.class_names).index(found.label)
+    peak_clip = max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
+    wall = (lambda s: started_at + timedelta(seconds=s)) if started_at is not None else (lambda s: None)
+    event = Event(
+        recording_id=recording_id, label=found.label, start=found.start, end=found.end,
+        start_wall=wall(found.start), end_wall=wall(found.end), peak_score=found.peak_score,
+        peak_time=found.peak_time, model_version_id=version_id,
+    )
+    session.add(event)
+    session.flush()
+    out_dir = ctx.settings.media_dir / "events" / str(event.id)
+    media = render_event_media(
+        loaded=loaded, video_path=video_path, timestamps=run.timestamps[peak_clip], label_index=label_index,
+        source_size=source_size, out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
+    )
+    data_dir = ctx.settings.data_dir
+    event.key_frame_time = media.key_frame_time
+    event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
+    for item in media.explanations:
+        session.add(Explanation(
+            event_id=event.id, method=item.method, key_frame_time=media.key_frame_time,
+            overlay_path=str(item.overlay_path.relative_to(data_dir)),
+            video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
+            agreement=item.agreement,
+        ))
+
+
+def _start_job(session: Session, job_id: int | None) -> None:
+    if job_id is not None and (job := session.get(Job, job_id)) is not None:
+        job.status = JobStatus.running
+        job.started_at = utcnow()
+        job.progress = 0.0
+
+
+def _finish_job(session: Session, job_id: int | None, status: JobStatus, *, result: dict | None = None,
+                error: str | None = None) -> None:
+    if job_id is not None and (job := session.get(Job, job_id)) is not None:
+        job.status = status
+        job.finished_at = utcnow()
+        job.result = result
+        job.error = error
+        if status == JobStatus.succeeded:
+            job.progress = 1.0

@@ -1,0 +1,136 @@
+"""API schemas, kept apart from the tables (STYLE.md #3): XCreate / XPublic / XsPublic{data, count}."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.db.tables import EventStatus, JobStatus, ModelState, RecordingStatus
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class RecordingPublic(_FromRow):
+    id: int
+    source: str
+    room: str | None
+    patient_ref: str | None
+    started_at: datetime | None
+    fps: float | None
+    width: int | None
+    height: int | None
+    duration: float | None
+    codec: str | None
+    size_bytes: int | None
+    sha256: str | None
+    status: RecordingStatus
+    error: str | None
+    warnings: list[str]
+    clip_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class RecordingsPublic(BaseModel):
+    data: list[RecordingPublic]
+    count: int
+    next_cursor: int | None = None
+
+
+class ExplanationPublic(_FromRow):
+    id: int
+    event_id: int
+    method: str
+    key_frame_time: float
+    agreement: float | None
+    overlay_url: str
+    video_url: str | None
+
+
+class ExplanationsPublic(BaseModel):
+    data: list[ExplanationPublic]
+    count: int
+
+
+class EventPublic(_FromRow):
+    id: int
+    recording_id: int
+    label: str
+    start: float
+    end: float
+    start_wall: datetime | None
+    end_wall: datetime | None
+    peak_score: float
+    peak_time: float
+    model_version_id: int
+    status: EventStatus
+    reviewer: str | None
+    reviewed_at: datetime | None
+    note: str | None
+    reviewed_label: str | None
+    key_frame_time: float | None
+    key_frame_url: str | None = None
+    agreement: float | None = None
+    created_at: datetime
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    count: int
+    next_cursor: int | None = None
+
+
+class ReviewIn(BaseModel):
+    """A clinician's decision on a flagged event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["confirmed", "rejected", "relabelled"]
+    label: str | None = Field(default=None, min_length=1, max_length=64)
+    note: str | None = Field(default=None, max_length=4000)
+    reviewer: str | None = Field(default=None, max_length=128)
+
+    @model_validator(mode="after")
+    def _label_for_relabel(self) -> ReviewIn:
+        if self.decision == "relabelled" and not self.label:
+            raise ValueError("a relabelled decision needs the new 'label'")
+        if self.decision != "relabelled" and self.label is not None:
+            raise ValueError("'label' is only accepted with decision 'relabelled'")
+        return self
+
+
+class ModelVersionPublic(_FromRow):
+    id: int
+    name: str
+    architecture: str
+    class_names: list[str]
+    input_spec: dict
+    checkpoint_sha256: str
+    metrics: dict
+    parent_id: int | None
+    state: ModelState
+    created_at: datetime
+
+
+class JobPublic(_FromRow):
+    id: int
+    kind: str
+    status: JobStatus
+    progress: float
+    params: dict
+    result: dict | None
+    error: str | None
+    recording_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    mode: Literal["embedded", "broker"]

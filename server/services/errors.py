@@ -1,0 +1,12 @@
+"""Service-level errors that routes translate into 4xx answers."""
+
+
+class NotFoundError(LookupError):
+    """The requested record does not exist."""
+
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"{kind} {ident} not found")
+
+
+class ConflictError(ValueError):
+    """The request is valid but clashes with the record's state."""

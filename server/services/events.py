@@ -1,0 +1,56 @@
+"""Event rows: list with filters and cursor pagination, read, review."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from server.db.base import utcnow
+from server.db.tables import Event, EventStatus
+from server.schemas import ReviewIn
+from server.services.errors import NotFoundError
+
+
+def list_events(*, session: Session, limit: int, cursor: int | None = None, status: EventStatus | None = None,
+                label: str | None = None, recording_id: int | None = None, since: datetime | None = None,
+                until: datetime | None = None) -> tuple[Sequence[Event], int]:
+    """Newest first; ``cursor`` is the last id of the previous page. Returns (page, total matching)."""
+    query = select(Event)
+    if status is not None:
+        query = query.where(Event.status == status)
+    if label is not None:
+        query = query.where(Event.label == label)
+    if recording_id is not None:
+        query = query.where(Event.recording_id == recording_id)
+    if since is not None:
+        query = query.where(Event.start_wall >= since)
+    if until is not None:
+        query = query.where(Event.start_wall < until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if cursor is not None:
+        query = query.where(Event.id < cursor)
+    query = query.options(selectinload(Event.explanations)).order_by(Event.id.desc()).limit(limit)
+    return session.scalars(query).all(), total
+
+
+def get_event(*, session: Session, event_id: int) -> Event:
+    """The event, or NotFoundError."""
+    event = session.get(Event, event_id, options=[selectinload(Event.explanations)])
+    if event is None:
+        raise NotFoundError("event", event_id)
+    return event
+
+
+def review_event(*, session: Session, event_id: int, review: ReviewIn) -> Event:
+    """Record a clinician's decision. A later review replaces an earlier one (the audit log keeps both)."""
+    event = get_event(session=session, event_id=event_id)
+    event.status = EventStatus(review.decision)
+    event.reviewed_label = review.label if review.decision == "relabelled" else None
+    event.note = review.note
+    event.reviewer = review.reviewer
+    event.reviewed_at = utcnow()
+    session.flush()
+    return event

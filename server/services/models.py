@@ -1,0 +1,60 @@
+"""Model versions: register a checkpoint file, find the active one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from model.weights import LoadedModel
+from server.db.tables import ModelState, ModelVersion
+from server.services.errors import NotFoundError
+
+
+def get_active_model(*, session: Session) -> ModelVersion | None:
+    """The active model version, if any."""
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.state == ModelState.active).order_by(ModelVersion.id.desc())
+    ).first()
+
+
+def activate_model(*, session: Session, model_id: int) -> ModelVersion:
+    """Make ``model_id`` the active version; the previously active one is retired (and can be re-activated).
+
+    Workers read the active version at the start of every task, so no restart is needed.
+    """
+    version = session.get(ModelVersion, model_id)
+    if version is None:
+        raise NotFoundError("model version", model_id)
+    for other in session.scalars(select(ModelVersion).where(ModelVersion.state == ModelState.active)):
+        if other.id != version.id:
+            other.state = ModelState.retired
+    version.state = ModelState.active
+    session.flush()
+    return version
+
+
+def register_checkpoint(*, session: Session, loaded: LoadedModel, activate: bool,
+                        created_by: str | None = None) -> ModelVersion:
+    """Find the model version for this checkpoint (by sha256) or create it; optionally make it the active one."""
+    version = session.scalars(
+        select(ModelVersion).where(ModelVersion.checkpoint_sha256 == loaded.sha256)
+    ).first()
+    if version is None:
+        version = ModelVersion(
+            name=Path(loaded.path).stem,
+            architecture=loaded.arch,
+            class_names=list(loaded.class_names),
+            input_spec=dataclasses.asdict(loaded.input_spec),
+            checkpoint_path=str(loaded.path),
+            checkpoint_sha256=loaded.sha256,
+            metrics=dict(loaded.metrics),
+            created_by=created_by,
+        )
+        session.add(version)
+        session.flush()
+    if activate:
+        activate_model(session=session, model_id=version.id)
+    return version

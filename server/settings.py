@@ -1,0 +1,82 @@
+"""One settings object for every server-side process, read from ``WARDWATCH_*`` environment variables.
+
+``model/`` and ``ingest/`` never read the environment: the server turns these settings into their small
+config dataclasses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "model" / "assets" / "demo_tiny3d.pt"
+DEFAULT_WEB_DIR = REPO_ROOT / "web"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Embedded defaults: SQLite under ``data_dir``, no broker, CPU or one GPU."""
+
+    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path("wardwatch-data"), description="recordings, media and SQLite live here")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    broker_url: str | None = Field(default=None, description="Celery broker (redis://...); none = embedded")
+    result_backend: str | None = None
+    model_path: Path = DEFAULT_MODEL_PATH
+    device: str = "auto"
+    web_dir: Path = DEFAULT_WEB_DIR
+    auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` at start-up")
+
+    max_upload_bytes: int = 4 * 1024**3
+    upload_chunk_bytes: int = 1024 * 1024
+    embedded_workers: int = 1
+
+    clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
+    score_batch_size: int = 8
+    event_threshold: float = 0.5
+    event_low_threshold: float | None = None
+    event_min_duration: float = 0.0
+    event_merge_gap: float = 2.0
+    explain_methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'wardwatch.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: tasks run in a thread pool inside the server process."""
+        return not self.broker_url
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    def ensure_dirs(self) -> None:
+        """Create the data directories (idempotent)."""
+        for path in (self.data_dir, self.recordings_dir, self.media_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, built once from the environment."""
+    return Settings()

@@ -1,0 +1,64 @@
+"""How the API hands work to workers: a thread pool in embedded mode, Celery when a broker is configured."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from server.pipeline import WorkerContext, process_recording
+from server.settings import Settings
+from server.worker.app import INFERENCE_QUEUE, PROCESS_RECORDING, make_celery
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
+        """Queue scoring of a committed recording; returns a task id where there is one."""
+
+    def shutdown(self) -> None: ...
+
+
+class EmbeddedDispatcher:
+    """Runs the task functions in this process, one recording at a time by default (CPU-bound)."""
+
+    def __init__(self, context: WorkerContext, workers: int = 1) -> None:
+        self._context = context
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wardwatch-worker")
+        self.futures: list[Future[None]] = []
+
+    def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
+        self.futures = [f for f in self.futures if not f.done()]
+        self.futures.append(self._pool.submit(process_recording, self._context, recording_id, job_id))
+        return None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until queued work is done (tests and `wardwatch demo`)."""
+        for future in list(self.futures):
+            future.result(timeout=timeout)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CeleryDispatcher:
+    """Sends task names and IDs to the broker; the API process never imports the task bodies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._celery = make_celery(settings)
+
+    def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
+        result = self._celery.send_task(PROCESS_RECORDING, args=[recording_id, job_id], queue=INFERENCE_QUEUE)
+        return str(result.id)
+
+    def shutdown(self) -> None:
+        self._celery.close()
+
+
+def make_dispatcher(settings: Settings, context: WorkerContext) -> Dispatcher:
+    if settings.embedded:
+        log.info("embedded mode: tasks run inside this process")
+        return EmbeddedDispatcher(context, workers=settings.embedded_workers)
+    log.info("broker mode: tasks go to %s", settings.broker_url)
+    return CeleryDispatcher(settings)

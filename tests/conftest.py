@@ -1,0 +1,72 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, synthetic videos made by the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_ADMIN = os.environ.get("WARDWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("WARDWATCH_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{dbname}"
+
+
+def _admin_exec(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this test session, migrated to head once; tests clone it."""
+    from server.db.migrate import upgrade
+
+    name = f"wardwatch_tpl_{uuid.uuid4().hex[:10]}"
+    _admin_exec(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade(_pg_url(name))
+        yield name
+    finally:
+        _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database per test, cloned from the migrated template (fast, fully isolated)."""
+    name = f"wardwatch_t_{uuid.uuid4().hex[:10]}"
+    _admin_exec(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield _pg_url(name)
+    finally:
+        _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on SQLite and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'wardwatch.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def ward_video(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A short synthetic ward recording with events, shared by the server tests (made once)."""
+    from ingest.synthetic import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("ward"), SynthConfig(seconds=36, seed=11, events_per_minute=5))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,34 @@
+"""An app per test on the given database, in embedded mode (tasks in a thread pool of the app)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.main import create_app
+from server.settings import Settings
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None, device="cpu")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def wait_for_tasks(client: TestClient, timeout: float = 240) -> None:
+    """Block until the embedded worker has finished what was queued."""
+    client.app.state.dispatcher.wait(timeout=timeout)  # type: ignore[attr-defined]
+
+
+def upload(client: TestClient, path: Path, name: str | None = None, **form: str):  # type: ignore[no-untyped-def]
+    with path.open("rb") as handle:
+        return client.post("/api/v1/recordings", files={"file": (name or path.name, handle, "video/mp4")},
+                           data=form)

@@ -1,0 +1,60 @@
+"""The command line: synth and ingest without a server, db upgrade, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from server.cli import main
+from tests.conftest import free_port
+
+
+def test_synth_and_ingest_json(tmp_path: Path, capsys, ward_video) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "synth"
+    assert main(["synth", "--out", str(out), "--seconds", "8", "--seed", "3", "--width", "160",
+                 "--height", "120"]) == 0
+    assert (out / "ward.mp4").stat().st_size > 0 and (out / "annotations.json").exists()
+    capsys.readouterr()
+
+    assert main(["ingest", str(ward_video.video), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) >= {"clips", "frames", "duration", "events", "errors"}
+    assert summary["clips"] >= 15 and abs(summary["duration"] - 36) < 1
+    assert summary["events"] and {"label", "start", "end", "peak_score"} <= set(summary["events"][0])
+
+    assert main(["ingest", str(ward_video.video), "--json", "--no-score", "--clip-seconds", "1",
+                 "--sample-fps", "4", "--size", "64", "48"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == [] and summary["clips"] >= 30 and summary["frames"] >= 4 * 30
+
+
+def test_ingest_bad_file_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bogus = tmp_path / "x.mp4"
+    bogus.write_text("hello")
+    assert main(["ingest", str(bogus), "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clips"] == 0 and "video" in summary["errors"][0].lower()
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    env = {**os.environ, "WARDWATCH_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "server.cli", "db", "upgrade"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "revision 0001" in done.stdout and (tmp_path / "wardwatch.db").exists()
+
+
+def test_demo_once(tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "demo", "--once", "--seconds", "30", "--port", str(port),
+         "--data-dir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "events flagged" in done.stdout
+    flagged = int(done.stdout.split("events flagged")[0].rsplit(";", 1)[1].split()[0])
+    assert flagged >= 1

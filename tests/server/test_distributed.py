@@ -1,0 +1,99 @@
+"""docker-compose's layout run natively: migrate, API and a Celery worker as separate processes on the real
+PostgreSQL and Redis of this machine, sharing only the database, the broker and the data volume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, free_port
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
+    broker = f"{REDIS_URL}/9"
+    redis.Redis.from_url(broker).flushdb()
+    env = {
+        **os.environ,
+        "WARDWATCH_DATA_DIR": str(tmp_path / "data"),
+        "WARDWATCH_DATABASE_URL": pg_url,
+        "WARDWATCH_BROKER_URL": broker,
+        "WARDWATCH_AUTO_MIGRATE": "false",
+        "WARDWATCH_DEVICE": "cpu",
+    }
+    migrate = subprocess.run([sys.executable, "-m", "server.cli", "db", "upgrade"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    port = free_port()
+    api = _start(["server.cli", "serve", "--port", str(port)], env, tmp_path / "api.log")
+    worker = _start(["server.cli", "worker"], env, tmp_path / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert api.poll() is None, (tmp_path / "api.log").read_text()
+            assert time.monotonic() < deadline, "API did not start"
+            time.sleep(0.5)
+        yield base, tmp_path
+    finally:
+        _stop(api)
+        _stop(worker)
+        redis.Redis.from_url(broker).flushdb()
+
+
+def test_recording_through_api_and_celery_worker(stack, ward_video) -> None:  # type: ignore[no-untyped-def]
+    base, logs = stack
+    health = httpx.get(f"{base}/api/v1/health").json()
+    assert health["mode"] == "broker"
+    with ward_video.video.open("rb") as handle:
+        answer = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle, "video/mp4")},
+                            timeout=60)
+    assert answer.status_code == 201, answer.text
+    recording_id = answer.json()["id"]
+    deadline = time.monotonic() + 240
+    while True:
+        recording = httpx.get(f"{base}/api/v1/recordings/{recording_id}").json()
+        if recording["status"] in ("scored", "failed"):
+            break
+        assert time.monotonic() < deadline, (logs / "worker.log").read_text()[-3000:]
+        time.sleep(1)
+    assert recording["status"] == "scored", recording["error"]
+    worker_log = (logs / "worker.log").read_text()
+    assert "wardwatch.process_recording" in worker_log  # the worker process, not the API, did the work
+    events = httpx.get(f"{base}/api/v1/events", params={"recording": recording_id}).json()
+    assert events["count"] >= 1
+    explanations = httpx.get(f"{base}/api/v1/events/{events['data'][0]['id']}/explanations").json()["data"]
+    assert len(explanations) == 3
+    overlay = httpx.get(base + explanations[0]["overlay_url"])
+    assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    job = httpx.get(f"{base}/api/v1/jobs/1").json()
+    assert job["status"] == "succeeded" and job["progress"] == 1.0
