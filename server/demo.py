@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from ingest.synthetic import SynthConfig, generate
 
+from ingest.synthetic import SynthConfig, generate
 from server.main import create_app
 from server.settings import Settings
 

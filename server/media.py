@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from model.attribution import agreement, explain
 
 from ingest.decode import read_frames
+from model.attribution import explain
 from model.inference import frames_to_tensor
 from model.nets import default_target_layer
 from model.visualize import gradient_image, heatmap_overlay, overlay_video, save_image
@@ -72,13 +72,12 @@ def render_event_media(*, loaded: LoadedModel, video_path: Path, timestamps: lis
     width, height = _display_size(*source_size)
     display_frames = read_frames(video_path, timestamps, size=(width, height))    # [T,H,W,3]
     inputs = frames_to_tensor(model_frames[None], spec).to(loaded.device)         # [1,3,T,h,w]
+    wanted = tuple(dict.fromkeys(("grad_cam", *methods, "agreement")))
     maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),
-                   methods=methods)
+                   methods=wanted)
     cam = maps["grad_cam"][0].detach()                                             # [T,h,w]
-    fine = maps.get("guided_backprop")
-    score = None
-    if fine is not None:
-        score = float(agreement(maps["grad_cam"].detach(), fine.detach())[0])
+    # ATCON's similarity of the layer-resolution Grad-CAM and the channel-summed |Guided Backprop|, in [-1, 1]
+    score = float(maps["agreement"][0])
 
     key = len(timestamps) // 2
     key_time = float(timestamps[key])

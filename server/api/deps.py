@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
@@ -28,10 +28,15 @@ def _session(request: Request) -> Iterator[Session]:
         session.close()
 
 
+def _session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
 def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(_session_factory)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]

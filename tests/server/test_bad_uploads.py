@@ -65,7 +65,31 @@ def test_messages_say_what_is_wrong(client: TestClient, ward_video, tmp_path: Pa
     missing = client.post("/api/v1/recordings", data={"room": "x"})
     assert missing.status_code == 422
     naive = upload(client, ward_video.video, started_at="2026-01-01T08:00:00")
-    assert naive.status_code == 422 and "time zone" in naive.json()["detail"]
+    assert naive.status_code == 422 and "time zone" in str(naive.json()["detail"])
+    not_multipart = client.post("/api/v1/recordings", json={"file": "x"})
+    assert not_multipart.status_code == 422 and "multipart/form-data" in not_multipart.json()["detail"]
+    broken = client.post("/api/v1/recordings", content=b"--abc\r\nContent-Disposition: form-data; name=file",
+                         headers={"Content-Type": "multipart/form-data; boundary=abc"})
+    assert broken.status_code == 422
+    assert client.get("/api/v1/health").status_code == 200
+
+
+def test_chunked_upload_stops_at_the_limit(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
+    """No Content-Length: the streaming parser stops the transfer at the first byte over the limit."""
+    settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=50_000, broker_url=None)
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\n"
+            b"Content-Type: video/mp4\r\n\r\n" + ward_video.video.read_bytes() + b"\r\n--xyz--\r\n")
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for start in range(0, len(body), 8192):
+            yield body[start:start + 8192]
+
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/api/v1/recordings", content=chunks(),
+                             headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+        assert answer.status_code == 413 and "limit" in answer.json()["detail"]
+        assert [p for p in (settings.data_dir).rglob("*.mp4")] == []
+        assert client.get("/api/v1/recordings").json()["count"] == 0
 
 
 def test_upload_over_the_limit_is_413(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
