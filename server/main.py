@@ -12,10 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from server import __version__
-from server.api.routes import events, health, jobs, recordings
+from server.api.routes import events, finetune, health, jobs, recordings
 from server.bootstrap import ensure_active_model, open_database
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
+from server.finetuning import FINETUNE_KIND
 from server.model_cache import ModelCache
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, NotFoundError
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
-    for module in (health, recordings, events, jobs):
+    for module in (health, recordings, events, jobs, finetune):
         app.include_router(module.router, prefix=API_PREFIX)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
@@ -80,6 +81,15 @@ def _resume_in_flight(context: WorkerContext, dispatcher: Dispatcher) -> None:
             session.add(job)
             session.flush()
             resumed.append((recording.id, job.id))
+        training = session.scalars(
+            select(Job).where(Job.kind == FINETUNE_KIND, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        ).all()
+        for job in training:
+            job.status = JobStatus.queued  # the trainer resumes from its last epoch state in data_dir/jobs/<id>
+        training_ids = [job.id for job in training]
     for recording_id, job_id in resumed:
         log.info("resuming recording %s", recording_id)
         dispatcher.process_recording(recording_id, job_id)
+    for job_id in training_ids:
+        log.info("resuming fine-tune job %s", job_id)
+        dispatcher.finetune(job_id)

@@ -134,3 +134,23 @@ class Health(BaseModel):
     status: Literal["ok"]
     version: str
     mode: Literal["embedded", "broker"]
+
+
+class FinetuneJobCreate(BaseModel):
+    """An admin's fine-tune request. Hyper-parameters are ``model.training.trainer.FinetuneConfig`` fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model_id: int | None = Field(default=None, description="default: the active model")
+    mode: Literal["alternating", "supervised", "unsupervised", "combined"] = "alternating"
+    hyperparameters: dict = Field(default_factory=dict, examples=[{"epochs": 5, "lr": 1e-5, "alpha": 8}])
+    recording_ids: list[int] | None = Field(default=None, description="default: every scored recording")
+    max_unlabelled: int = Field(default=2000, ge=0, le=1_000_000)
+    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    seed: int = 0
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+    next_cursor: int | None = None

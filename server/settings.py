@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     web_dir: Path = DEFAULT_WEB_DIR
     auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` at start-up")
 
+    admin_token: str | None = Field(default=None, description="bearer token for admin endpoints")
+
     max_upload_bytes: int = 4 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
     embedded_workers: int = 1

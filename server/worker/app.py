@@ -11,6 +11,7 @@ from celery import Celery
 from server.settings import Settings, get_settings
 
 PROCESS_RECORDING = "wardwatch.process_recording"
+FINETUNE = "wardwatch.finetune"
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 
@@ -23,7 +24,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}},
+        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

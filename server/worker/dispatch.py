@@ -6,9 +6,10 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.settings import Settings
-from server.worker.app import INFERENCE_QUEUE, PROCESS_RECORDING, make_celery
+from server.worker.app import FINETUNE, INFERENCE_QUEUE, PROCESS_RECORDING, TRAINING_QUEUE, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 class Dispatcher(Protocol):
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
         """Queue scoring of a committed recording; returns a task id where there is one."""
+
+    def finetune(self, job_id: int) -> str | None:
+        """Queue a committed fine-tune job on the training queue."""
 
     def shutdown(self) -> None: ...
 
@@ -26,11 +30,19 @@ class EmbeddedDispatcher:
     def __init__(self, context: WorkerContext, workers: int = 1) -> None:
         self._context = context
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wardwatch-worker")
+        # Training gets its own thread so a long fine-tune never holds up scoring (the `training` queue).
+        self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardwatch-training")
         self.futures: list[Future[None]] = []
 
+    def _track(self, future: Future[None]) -> None:
+        self.futures = [f for f in self.futures if not f.done()] + [future]
+
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
-        self.futures = [f for f in self.futures if not f.done()]
-        self.futures.append(self._pool.submit(process_recording, self._context, recording_id, job_id))
+        self._track(self._pool.submit(process_recording, self._context, recording_id, job_id))
+        return None
+
+    def finetune(self, job_id: int) -> str | None:
+        self._track(self._training.submit(run_finetune, self._context, job_id))
         return None
 
     def wait(self, timeout: float | None = None) -> None:
@@ -40,6 +52,7 @@ class EmbeddedDispatcher:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._training.shutdown(wait=False, cancel_futures=True)
 
 
 class CeleryDispatcher:
@@ -51,6 +64,9 @@ class CeleryDispatcher:
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
         result = self._celery.send_task(PROCESS_RECORDING, args=[recording_id, job_id], queue=INFERENCE_QUEUE)
         return str(result.id)
+
+    def finetune(self, job_id: int) -> str | None:
+        return str(self._celery.send_task(FINETUNE, args=[job_id], queue=TRAINING_QUEUE).id)
 
     def shutdown(self) -> None:
         self._celery.close()

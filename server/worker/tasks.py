@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import cache
 
 from server.bootstrap import make_worker_context
+from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.settings import get_settings
-from server.worker.app import PROCESS_RECORDING, celery_app
+from server.worker.app import FINETUNE, PROCESS_RECORDING, celery_app
 
 
 @cache
@@ -20,3 +21,9 @@ def _context() -> WorkerContext:
 def process_recording_task(recording_id: int, job_id: int | None = None) -> None:
     """Score one recording (idempotent)."""
     process_recording(_context(), recording_id, job_id)
+
+
+@celery_app.task(name=FINETUNE, acks_late=True)
+def finetune_task(job_id: int) -> None:
+    """Fine-tune a model version (ATCON by default) into a candidate (idempotent per job)."""
+    run_finetune(_context(), job_id)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from server.api.deps import SessionDep
+from server.auth import AdminDep
 from server.db.tables import Job, ModelVersion
 from server.schemas import JobPublic, ModelVersionPublic
 from server.services.errors import NotFoundError
@@ -24,7 +25,7 @@ def read_job(session: SessionDep, job_id: int) -> Job:
 
 
 @router.post("/models/{model_id}/activate", response_model=ModelVersionPublic)
-def post_activate(session: SessionDep, model_id: int) -> ModelVersion:
+def post_activate(session: SessionDep, model_id: int, _admin: AdminDep) -> ModelVersion:
     """Promote a model version (or roll back to an earlier one); new scoring tasks use it at once."""
     return activate_model(session=session, model_id=model_id)
 

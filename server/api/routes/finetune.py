@@ -1,0 +1,76 @@
+"""Fine-tune jobs (admin): start, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import func, select
+
+from model.training.trainer import FinetuneConfig
+from server.api.deps import DispatcherDep, SessionDep
+from server.auth import AdminDep
+from server.db.base import utcnow
+from server.db.tables import Job, JobStatus, ModelVersion
+from server.finetuning import FINETUNE_KIND
+from server.schemas import FinetuneJobCreate, JobPublic, JobsPublic
+from server.services.errors import NotFoundError
+from server.services.models import get_active_model
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/finetune-jobs", status_code=202, response_model=JobPublic)
+def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: AdminDep,
+                        body: FinetuneJobCreate) -> Job:
+    """Queue ATCON fine-tuning of a model version on the reviewed and unlabelled clips (training queue).
+
+    Poll ``GET /jobs/{id}`` for progress; the result is a ``candidate`` model version with its metrics and a
+    side-by-side comparison with its base on the same validation clips.
+    """
+    base = session.get(ModelVersion, body.base_model_id) if body.base_model_id else get_active_model(session=session)
+    if base is None:
+        raise NotFoundError("model version", body.base_model_id)
+    try:
+        FinetuneConfig.from_dict({**body.hyperparameters, "mode": body.mode})
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(422, detail=f"bad hyperparameters: {exc}") from exc
+    params = body.model_dump() | {"base_model_id": base.id}
+    job = Job(kind=FINETUNE_KIND, params=params, created_by=admin, status=JobStatus.queued)
+    session.add(job)
+    session.commit()  # the worker reads the row: enqueue only after it is committed
+    job.celery_id = dispatcher.finetune(job.id)
+    return job
+
+
+@router.get("/jobs", response_model=JobsPublic)
+def read_jobs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              cursor: Annotated[int | None, Query(description="last id of the previous page")] = None,
+              kind: str | None = None, status: JobStatus | None = None) -> JobsPublic:
+    """Jobs, newest first."""
+    query = select(Job)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if status:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if cursor is not None:
+        query = query.where(Job.id < cursor)
+    page = session.scalars(query.order_by(Job.id.desc()).limit(limit)).all()
+    return JobsPublic(data=[JobPublic.model_validate(j) for j in page], count=total,
+                      next_cursor=page[-1].id if len(page) == limit else None)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(session: SessionDep, job_id: int, _admin: AdminDep) -> Job:
+    """Cancel a queued or running job; a running fine-tune stops between steps and writes no model."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError("job", job_id)
+    if job.kind != FINETUNE_KIND:
+        raise HTTPException(409, detail=f"only fine-tune jobs can be cancelled; job {job_id} is a {job.kind} job")
+    if job.status not in (JobStatus.queued, JobStatus.running):
+        raise HTTPException(409, detail=f"job {job_id} is already {job.status.value}")
+    job.status = JobStatus.cancelled
+    job.finished_at = utcnow()
+    return job

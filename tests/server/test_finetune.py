@@ -1,0 +1,119 @@
+"""Fine-tuning as a product feature: an admin starts a job, watches it, gets a candidate, promotes it,
+rolls back; cancelling leaves no model behind; admin endpoints refuse the unauthorised."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from server.main import create_app
+from server.settings import Settings
+from tests.server.conftest import upload, wait_for_tasks
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+TINY = {"epochs": 1, "batch_size": 4, "unlabelled_batch_size": 4, "alpha": 2, "lr": 1e-4, "eval_batch_size": 8}
+
+
+def _reviewed_recording(client: TestClient, ward_video) -> int:  # type: ignore[no-untyped-def]
+    recording = upload(client, ward_video.video).json()
+    wait_for_tasks(client)
+    events = client.get("/api/v1/events", params={"recording": recording["id"]}).json()["data"]
+    assert len(events) >= 2
+    client.post(f"/api/v1/events/{events[0]['id']}/review", json={"decision": "confirmed"})
+    client.post(f"/api/v1/events/{events[1]['id']}/review", json={"decision": "rejected"})
+    return int(recording["id"])
+
+
+def _admin_client(tmp_path: Path, db_url: str) -> TestClient:
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None, device="cpu",
+                        admin_token="s3cret")
+    return TestClient(create_app(settings))
+
+
+def test_finetune_candidate_activate_rollback(tmp_path: Path, db_url: str, ward_video) -> None:  # type: ignore[no-untyped-def]
+    with _admin_client(tmp_path, db_url) as client:
+        _reviewed_recording(client, ward_video)
+        base = client.get("/api/v1/models").json()[0]
+        assert base["state"] == "active"
+
+        assert client.post("/api/v1/finetune-jobs", json={"hyperparameters": TINY}).status_code == 401
+        bad = client.post("/api/v1/finetune-jobs", json={"hyperparameters": {"epochz": 1}}, headers=TOKEN)
+        assert bad.status_code == 422 and "epochz" in bad.json()["detail"]
+        answer = client.post("/api/v1/finetune-jobs", json={"hyperparameters": TINY}, headers=TOKEN)
+        assert answer.status_code == 202, answer.text
+        job = answer.json()
+        assert job["kind"] == "finetune" and job["status"] == "queued"
+        assert job["params"]["base_model_id"] == base["id"] and job["params"]["mode"] == "alternating"
+
+        wait_for_tasks(client, timeout=600)
+        job = client.get(f"/api/v1/jobs/{job['id']}").json()
+        assert job["status"] == "succeeded", job["error"]
+        assert job["progress"] == 1.0
+        assert job["result"]["progress"]["epoch"] == 1, job["result"]
+        assert job["result"]["progress"].get("loss") is not None, job["result"]["progress"]
+        data = job["result"]["data"]
+        assert data["labelled"] >= 1 and data["unlabelled"] >= 1 and data["validation"] >= 1
+
+        models = {m["id"]: m for m in client.get("/api/v1/models").json()}
+        candidate = models[job["result"]["model_version_id"]]
+        assert candidate["state"] == "candidate" and candidate["parent_id"] == base["id"]
+        comparison = candidate["metrics"]["comparison"]
+        assert {"base", "candidate", "diff_macro_f1"} <= set(comparison)
+        assert abs(comparison["candidate"]["macro_f1"] - comparison["base"]["macro_f1"]
+                   - comparison["diff_macro_f1"]) < 1e-6
+
+        assert client.post(f"/api/v1/models/{candidate['id']}/activate").status_code == 401
+        promoted = client.post(f"/api/v1/models/{candidate['id']}/activate", headers=TOKEN).json()
+        assert promoted["state"] == "active"
+        assert client.get("/api/v1/ready").json()["model"]["id"] == candidate["id"]
+
+        # the embedded worker picks the new version up without a restart
+        second = upload(client, ward_video.video, allow_duplicate="true").json()
+        wait_for_tasks(client)
+        assert client.get(f"/api/v1/recordings/{second['id']}").json()["status"] == "scored"
+        newer = client.get("/api/v1/events", params={"recording": second["id"]}).json()["data"]
+        assert all(e["model_version_id"] == candidate["id"] for e in newer)
+
+        rolled_back = client.post(f"/api/v1/models/{base['id']}/activate", headers=TOKEN).json()
+        assert rolled_back["state"] == "active"
+        states = {m["id"]: m["state"] for m in client.get("/api/v1/models").json()}
+        assert states == {base["id"]: "active", candidate["id"]: "retired"}
+        assert client.post("/api/v1/models/999/activate", headers=TOKEN).status_code == 404
+
+
+def test_cancel_leaves_no_model(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
+    with _admin_client(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}") as client:
+        _reviewed_recording(client, ward_video)
+        slow = TINY | {"epochs": 200}
+        job = client.post("/api/v1/finetune-jobs", json={"hyperparameters": slow}, headers=TOKEN).json()
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/v1/jobs/{job['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        cancelled = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=TOKEN)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        wait_for_tasks(client, timeout=120)
+        final = client.get(f"/api/v1/jobs/{job['id']}").json()
+        assert final["status"] == "cancelled" and final["finished_at"] is not None
+        assert len(client.get("/api/v1/models").json()) == 1
+        assert not (tmp_path / "data" / "models" / f"finetune-{job['id']}.pt").exists()
+        again = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=TOKEN)
+        assert again.status_code == 409
+        listed = client.get("/api/v1/jobs", params={"kind": "finetune"}).json()
+        assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+
+
+def test_finetune_needs_reviews_and_a_token_in_production(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, environment="production")
+    with TestClient(create_app(settings)) as client:
+        refused = client.post("/api/v1/finetune-jobs", json={})
+        assert refused.status_code == 403 and "WARDWATCH_ADMIN_TOKEN" in refused.json()["detail"]
+    with _admin_client(tmp_path / "b", f"sqlite:///{tmp_path / 'b.sqlite'}") as client:
+        upload(client, ward_video.video)
+        wait_for_tasks(client)
+        job = client.post("/api/v1/finetune-jobs", json={"hyperparameters": TINY}, headers=TOKEN).json()
+        wait_for_tasks(client)
+        failed = client.get(f"/api/v1/jobs/{job['id']}").json()
+        assert failed["status"] == "failed" and "no reviewed events" in failed["error"]
