@@ -107,6 +107,12 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from model.training.experiment import run_cli
+
+    return run_cli(args.rest)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("experiment", help="reproducible experiments: `wardwatch experiment atcon --help`",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the experiment and its options")
+    p.set_defaults(func=_experiment)
 
     p = sub.add_parser("db", help="database schema (Alembic)")
     p.add_argument("action", choices=["upgrade", "downgrade", "current"])

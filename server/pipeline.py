@@ -40,9 +40,6 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: clips are written in batches of this many, so progress is visible and a crash loses little.
-COMMIT_EVERY = 32
-
 
 @dataclass
 class WorkerContext:
@@ -112,9 +109,9 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
             return
         if recording.path is None:
             raise RuntimeError(f"recording {recording_id} has no stored file")
-        # A previous run that died midway left partial rows for this model version: start clean.
+        # Events are written in one transaction at the end, so any found here belong to an older, complete run.
         session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id))
-        session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version.id))
+        run = _committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
         recording.status = RecordingStatus.ingesting
         recording.error = None
         _start_job(session, job_id)
@@ -127,8 +124,9 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
 
     spec = clip_spec_for(loaded, ctx.settings)
     report = IngestReport()
-    run = _score_clips(ctx, recording_id, version_id, job_id, video_path, spec, started_at, duration, loaded,
-                       report)
+    if run.starts:
+        log.info("recording %s: resuming after %d committed clips", recording_id, len(run.starts))
+    _score_clips(ctx, recording_id, version_id, job_id, video_path, spec, started_at, duration, loaded, report, run)
     detected = detect_events(run.starts, run.ends, np.stack(run.scores) if run.scores else
                              np.zeros((0, len(loaded.class_names))), loaded.class_names, event_rule(ctx.settings))
     with session_scope(ctx.session_factory) as session:
@@ -138,26 +136,47 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
         recording = session.get(Recording, recording_id)
         assert recording is not None
         recording.status = RecordingStatus.scored
-        recording.clip_count = report.clips
+        recording.clip_count = len(run.starts)
         recording.warnings = list(report.errors)
-        if report.clips == 0:
+        if not run.starts:
             mark_failed(recording=recording, reason="no complete clip could be decoded from this video"
                         + (f" ({report.errors[0]})" if report.errors else ""))
             _finish_job(session, job_id, JobStatus.failed, error=recording.error)
             return
         _finish_job(session, job_id, JobStatus.succeeded,
-                    result={"clips": report.clips, "events": len(detected), "errors": report.errors})
-    log.info("recording %s scored: %d clips, %d events", recording_id, report.clips, len(detected))
+                    result={"clips": len(run.starts), "events": len(detected), "errors": report.errors})
+    log.info("recording %s scored: %d clips, %d events", recording_id, len(run.starts), len(detected))
+
+
+def _committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> _ScoreRun:
+    """Clips a previous, interrupted run already committed, as the start of this run (resume, not redo).
+
+    Clips are committed in index order, so they must be exactly 0..k-1; anything else is discarded.
+    """
+    rows = session.scalars(
+        select(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id).order_by(Clip.index)
+    ).all()
+    if [row.index for row in rows] != list(range(len(rows))):
+        session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id))
+        return _ScoreRun()
+    run = _ScoreRun()
+    for row in rows:
+        run.starts.append(row.start)
+        run.ends.append(row.end)
+        run.scores.append(np.asarray([row.scores[name] for name in loaded_names], dtype=np.float32))
+        run.timestamps.append(list(row.timestamps))
+    return run
 
 
 def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id: int | None, video_path: Path,
                  spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
-                 report: IngestReport) -> _ScoreRun:
-    run = _ScoreRun()
+                 report: IngestReport, run: _ScoreRun) -> None:
+    """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
     scorer = ClipScorer(loaded, batch_size=ctx.settings.score_batch_size)
     expected = max(1.0, duration / spec.stride_seconds)
     pending: list[Clip] = []
-    for clip, probs in scorer.score(iter_clips(video_path, spec, started_at=started_at, report=report)):
+    clips = iter_clips(video_path, spec, started_at=started_at, report=report, start_index=len(run.starts))
+    for clip, probs in scorer.score(clips):
         run.starts.append(clip.start)
         run.ends.append(clip.end)
         run.scores.append(np.asarray(probs, dtype=np.float32))
@@ -170,10 +189,9 @@ def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id:
             scores={name: round(float(p), 5) for name, p in zip(loaded.class_names, probs, strict=True)},
             model_version_id=version_id,
         ))
-        if len(pending) >= COMMIT_EVERY:
+        if len(pending) >= ctx.settings.commit_every:
             _flush_clips(ctx, pending, job_id, min(0.95, len(run.starts) / expected))
     _flush_clips(ctx, pending, job_id, 0.95)
-    return run
 
 
 def _flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, progress: float) -> None:

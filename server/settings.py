@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
     score_batch_size: int = 8
+    commit_every: int = Field(default=32, ge=1, description="clips per commit: progress granularity, resume point")
     event_threshold: float = 0.5
     event_low_threshold: float | None = None
     event_min_duration: float = 0.0
