@@ -21,6 +21,7 @@ from server.model_cache import ModelCache
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, NotFoundError
 from server.settings import Settings, get_settings
+from server.watcher import FolderWatcher
 from server.worker.dispatch import Dispatcher, make_dispatcher
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.embedded:
             _resume_in_flight(context, dispatcher)
+        watcher = FolderWatcher(settings, factory, dispatcher) if settings.watch_dir else None
+        if watcher is not None:
+            watcher.start()
+        app.state.watcher = watcher
         yield
+        if watcher is not None:
+            watcher.stop()
         dispatcher.shutdown()
         engine.dispose()
 

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     web_dir: Path = DEFAULT_WEB_DIR
     auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` at start-up")
 
+    import_dir: Path | None = Field(default=None, description="server-side imports come from here only")
+    watch_dir: Path | None = Field(default=None, description="new video files here are ingested once")
+    watch_interval: float = 5.0
+    watch_settle_seconds: float = 5.0
     admin_token: str | None = Field(default=None, description="bearer token for admin endpoints")
 
     max_upload_bytes: int = 4 * 1024**3

@@ -66,8 +66,12 @@ def test_messages_say_what_is_wrong(client: TestClient, ward_video, tmp_path: Pa
     assert missing.status_code == 422
     naive = upload(client, ward_video.video, started_at="2026-01-01T08:00:00")
     assert naive.status_code == 422 and "time zone" in str(naive.json()["detail"])
-    not_multipart = client.post("/api/v1/recordings", json={"file": "x"})
+    not_multipart = client.post("/api/v1/recordings", content=b"x", headers={"Content-Type": "text/plain"})
     assert not_multipart.status_code == 422 and "multipart/form-data" in not_multipart.json()["detail"]
+    wrong_json = client.post("/api/v1/recordings", json={"file": "x"})
+    assert wrong_json.status_code == 422 and "path" in str(wrong_json.json()["detail"])
+    bad_json = client.post("/api/v1/recordings", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 422
     broken = client.post("/api/v1/recordings", content=b"--abc\r\nContent-Disposition: form-data; name=file",
                          headers={"Content-Type": "multipart/form-data; boundary=abc"})
     assert broken.status_code == 422

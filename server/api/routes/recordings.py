@@ -13,23 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from ingest.errors import IngestError
-from ingest.probe import probe
+from ingest.paths import UnsafePathError, resolve_import_path
 from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep
-from server.db.session import session_scope
-from server.db.tables import Job, Recording, RecordingStatus
+from server.db.tables import Recording, RecordingStatus
 from server.schemas import RecordingPublic, RecordingsPublic
-from server.services.multipart_stream import MultipartError, StreamedUpload, receive_upload
-from server.services.recordings import (
-    apply_probe,
-    create_recording,
-    find_duplicate,
-    get_recording,
-    list_recordings,
-    mark_failed,
-)
-from server.services.uploads import TruncatedUploadError, UploadTooLargeError, check_complete_mp4
+from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
+from server.services.multipart_stream import MultipartError, receive_upload
+from server.services.recordings import get_recording, list_recordings
+from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
+from server.worker.dispatch import Dispatcher
 
 router = APIRouter(prefix="/recordings", tags=["recordings"])
 
@@ -67,11 +60,6 @@ _UPLOAD_BODY = {
 }
 
 
-class UploadRejected(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
-
-
 @router.post("", status_code=201, response_model=RecordingPublic, openapi_extra=_UPLOAD_BODY,
              responses={409: {"description": "same content as an earlier recording"},
                         413: {"description": "upload too large"}, 422: {"description": "not a usable video"}})
@@ -84,6 +72,8 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
     as a ``failed`` recording with its reason; identical content to an earlier recording gets 409. A good
     file is scored in the background: poll ``GET /recordings/{id}``.
     """
+    if (request.headers.get("content-type") or "").split(";")[0].strip() == "application/json":
+        return await _from_json(request, settings, factory, dispatcher)
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, detail=f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
@@ -100,69 +90,59 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
             form = RecordingForm.model_validate(received.fields)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from exc
-        recording, job_id = await run_in_threadpool(_register_upload, settings, factory, received, form)
-    except UploadRejected as exc:
+        assert received.path is not None
+        options = IntakeOptions(room=form.room, patient_ref=form.patient_ref, started_at=form.started_at,
+                                allow_duplicate=form.allow_duplicate)
+        recording, job_id = await run_in_threadpool(
+            lambda: register_recording(settings=settings, factory=factory, source=received.filename or "upload",
+                                       file=received.path, sha256=received.sha256, size=received.size,
+                                       options=options, move_into_data_dir=True))
+    except RecordingRejected as exc:
         raise HTTPException(exc.status, detail=exc.detail) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if job_id is not None:
-        task_id = dispatcher.process_recording(recording.id, job_id)
-        await run_in_threadpool(_note_task_id, factory, job_id, task_id)
+    await run_in_threadpool(queue_scoring, dispatcher, factory, recording.id, job_id)
     return recording
 
 
-def _register_upload(settings: Settings, factory: sessionmaker[Session], received: StreamedUpload,
-                     form: RecordingForm) -> tuple[RecordingPublic, int | None]:
-    """Create the recording, move the file into place, check and probe it; commit before anything is queued."""
-    assert received.path is not None
-    with session_scope(factory) as session:
-        recording = create_recording(session=session, source=received.filename or "upload", room=form.room,
-                                     patient_ref=form.patient_ref)
-        recording.started_at = form.started_at
-        relative = f"recordings/{recording.id}/{received.path.name}"
-        target = settings.data_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        received.path.replace(target)
-        recording.path, recording.size_bytes, recording.sha256 = relative, received.size, received.sha256
-        reason, status = _check(session, settings, recording, form)
-        if reason is not None:
-            if status == 409:
-                target.unlink(missing_ok=True)
-            mark_failed(recording=recording, reason=reason)
-            session.commit()
-            raise UploadRejected(status, f"{reason} (recording {recording.id} marked failed)")
-        recording.status = RecordingStatus.queued
-        job = Job(kind="score", recording_id=recording.id, params={"source": recording.source})
-        session.add(job)
-        session.flush()
-        return RecordingPublic.model_validate(recording), job.id
+class RecordingSource(RecordingForm):
+    """JSON body of ``POST /recordings``: a file in the server's import directory (or, later, a stream URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description="relative to WARDWATCH_IMPORT_DIR")
 
 
-def _check(session: Session, settings: Settings, recording: Recording,
-           form: RecordingForm) -> tuple[str | None, int]:
-    """(reason, status) when the upload must be refused, else (None, 0); fills the probe fields."""
-    assert recording.sha256 is not None and recording.path is not None
-    if not form.allow_duplicate:
-        duplicate = find_duplicate(session=session, sha256=recording.sha256, exclude_id=recording.id)
-        if duplicate is not None:
-            return f"duplicate upload: same content as recording {duplicate.id}", 409
-    path = settings.data_dir / recording.path
+async def _from_json(request: Request, settings: Settings, factory: sessionmaker[Session],
+                     dispatcher: Dispatcher) -> RecordingPublic:
+    """Server-side import: the file stays in the import directory; nothing outside it is ever opened."""
+    body = await request.body()
+    if len(body) > 64 * 1024:
+        raise HTTPException(413, detail="JSON body larger than 64 KiB")
     try:
-        check_complete_mp4(path)
-        info = probe(path)
-    except (IngestError, TruncatedUploadError) as exc:
-        return str(exc), 422
-    apply_probe(recording=recording, info=info)
-    return None, 0
+        source = RecordingSource.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    if settings.import_dir is None:
+        raise HTTPException(403, detail="server-side import is disabled: set WARDWATCH_IMPORT_DIR")
+    try:
+        path = resolve_import_path(settings.import_dir, source.path)
+    except UnsafePathError as exc:
+        raise HTTPException(422, detail=str(exc)) from exc
+    options = IntakeOptions(room=source.room, patient_ref=source.patient_ref, started_at=source.started_at,
+                            allow_duplicate=source.allow_duplicate)
 
+    def register() -> tuple[RecordingPublic, int]:
+        return register_recording(settings=settings, factory=factory, source=source.path, file=path,
+                                  sha256=file_sha256(path), size=path.stat().st_size, options=options,
+                                  move_into_data_dir=False)
 
-def _note_task_id(factory: sessionmaker[Session], job_id: int, task_id: str | None) -> None:
-    if task_id is None:
-        return
-    with session_scope(factory) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.celery_id = task_id
+    try:
+        recording, job_id = await run_in_threadpool(register)
+    except RecordingRejected as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from exc
+    await run_in_threadpool(queue_scoring, dispatcher, factory, recording.id, job_id)
+    return recording
 
 
 @router.get("", response_model=RecordingsPublic)

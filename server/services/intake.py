@@ -1,0 +1,111 @@
+"""Registering a recording file, whatever brought it: an upload, a server-side import, the watch folder.
+
+One path for all three, so every source gets the same checks: duplicate content (409), truncated MP4 (422),
+not a usable video (422, kept as a failed recording with its reason), then a queued scoring job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.errors import IngestError
+from ingest.probe import probe
+from server.db.session import session_scope
+from server.db.tables import Job, Recording, RecordingStatus
+from server.schemas import RecordingPublic
+from server.services.recordings import apply_probe, create_recording, find_duplicate, mark_failed
+from server.services.uploads import TruncatedUploadError, check_complete_mp4
+from server.settings import Settings
+from server.worker.dispatch import Dispatcher
+
+
+class RecordingRejected(Exception):
+    """The file was refused; ``status`` is the HTTP answer, ``detail`` the message (recording kept as failed)."""
+
+    def __init__(self, status: int, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.reason = status, detail, reason
+
+
+@dataclass(frozen=True)
+class IntakeOptions:
+    room: str | None = None
+    patient_ref: str | None = None
+    started_at: datetime | None = None
+    allow_duplicate: bool = False
+
+
+def file_sha256(path: Path, chunk: int = 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def register_recording(*, settings: Settings, factory: sessionmaker[Session], source: str, file: Path,
+                       sha256: str, size: int, options: IntakeOptions, move_into_data_dir: bool
+                       ) -> tuple[RecordingPublic, int]:
+    """Create the recording for ``file``, check and probe it, queue its scoring job; returns (recording, job id).
+
+    ``move_into_data_dir``: uploads are moved under ``recordings/<id>/``; imported and watched files stay where
+    they are (hospital archives are large) and are referenced by absolute path. Raises RecordingRejected.
+    """
+    with session_scope(factory) as session:
+        recording = create_recording(session=session, source=source, room=options.room,
+                                     patient_ref=options.patient_ref)
+        recording.started_at = options.started_at
+        if move_into_data_dir:
+            relative = f"recordings/{recording.id}/{file.name}"
+            target = settings.data_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            file.replace(target)
+            recording.path = relative
+        else:
+            target = file
+            recording.path = str(file)
+        recording.size_bytes, recording.sha256 = size, sha256
+        reason, status = _check(session, recording, target, options.allow_duplicate)
+        if reason is not None:
+            if status == 409 and move_into_data_dir:
+                target.unlink(missing_ok=True)
+            mark_failed(recording=recording, reason=reason)
+            session.commit()
+            raise RecordingRejected(status, f"{reason} (recording {recording.id} marked failed)", reason)
+        recording.status = RecordingStatus.queued
+        job = Job(kind="score", recording_id=recording.id, params={"source": recording.source})
+        session.add(job)
+        session.flush()
+        return RecordingPublic.model_validate(recording), job.id
+
+
+def _check(session: Session, recording: Recording, path: Path, allow_duplicate: bool) -> tuple[str | None, int]:
+    """(reason, status) when the file must be refused, else (None, 0); fills the probe fields."""
+    assert recording.sha256 is not None
+    if not allow_duplicate:
+        duplicate = find_duplicate(session=session, sha256=recording.sha256, exclude_id=recording.id)
+        if duplicate is not None:
+            return f"duplicate: same content as recording {duplicate.id}", 409
+    try:
+        check_complete_mp4(path)
+        info = probe(path)
+    except (IngestError, TruncatedUploadError) as exc:
+        return str(exc), 422
+    apply_probe(recording=recording, info=info)
+    return None, 0
+
+
+def queue_scoring(dispatcher: Dispatcher, factory: sessionmaker[Session], recording_id: int, job_id: int) -> None:
+    """Hand a committed recording to a worker and note the task id on its job."""
+    task_id = dispatcher.process_recording(recording_id, job_id)
+    if task_id is None:
+        return
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            job.celery_id = task_id
