@@ -64,13 +64,26 @@ def render_event_media(*, loaded: LoadedModel, video_path: Path, timestamps: lis
                        ) -> RenderedEvent:
     """Explain the event's peak clip for ``label_index`` and write its media into ``out_dir``.
 
-    ``timestamps`` are the sampled frame times (seconds) of the peak clip, exactly as it was scored.
+    ``timestamps`` are the sampled frame times (seconds) of the peak clip, exactly as it was scored; the frames
+    are read again from the file, at the model's size and at a display size.
+    """
+    model_frames = read_frames(video_path, timestamps, size=loaded.input_spec.size)   # [T,h,w,3]
+    display_frames = read_frames(video_path, timestamps, size=_display_size(*source_size))  # [T,H,W,3]
+    return render_frames_media(loaded=loaded, model_frames=model_frames, display_frames=display_frames,
+                               timestamps=timestamps, label_index=label_index, out_dir=out_dir, methods=methods)
+
+
+def render_frames_media(*, loaded: LoadedModel, model_frames: np.ndarray, display_frames: np.ndarray,
+                        timestamps: list[float], label_index: int, out_dir: Path,
+                        methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam"),
+                        ) -> RenderedEvent:
+    """Explain a clip given as frames (uint8 ``[T,h,w,3]`` at the model's size, ``[T,H,W,3]`` for display).
+
+    Live streams use this directly: their frames are not on disk to be read again.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = loaded.input_spec
-    model_frames = read_frames(video_path, timestamps, size=spec.size)            # [T,h,w,3]
-    width, height = _display_size(*source_size)
-    display_frames = read_frames(video_path, timestamps, size=(width, height))    # [T,H,W,3]
+    height, width = display_frames.shape[1:3]
     inputs = frames_to_tensor(model_frames[None], spec).to(loaded.device)         # [1,3,T,h,w]
     wanted = tuple(dict.fromkeys(("grad_cam", *methods, "agreement")))
     maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),

@@ -8,16 +8,19 @@ left alone, and a run that died midway is redone from a clean slate for that mod
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingest.clips import Clip as IngestClip
 from ingest.clips import ClipSpec, IngestReport, iter_clips
 from ingest.errors import IngestError
+from ingest.export import export_clip
 from model.events import DetectedEvent, EventRule, detect_events
 from model.inference import ClipScorer
 from model.weights import LoadedModel
@@ -32,7 +35,7 @@ from server.db.tables import (
     Recording,
     RecordingStatus,
 )
-from server.media import render_event_media
+from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
@@ -51,7 +54,7 @@ class WorkerContext:
 
 
 @dataclass
-class _ScoreRun:
+class ScoreRun:
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
@@ -129,10 +132,11 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
     _score_clips(ctx, recording_id, version_id, job_id, video_path, spec, started_at, duration, loaded, report, run)
     detected = detect_events(run.starts, run.ends, np.stack(run.scores) if run.scores else
                              np.zeros((0, len(loaded.class_names))), loaded.class_names, event_rule(ctx.settings))
+    render, export = file_media(ctx, loaded, video_path, source_size, run)
     with session_scope(ctx.session_factory) as session:
         for found in detected:
-            _store_event(ctx, session, recording_id, version_id, found, run, loaded, video_path, source_size,
-                         started_at)
+            store_event(ctx, session, recording_id, version_id, found, run, list(loaded.class_names), started_at,
+                        render, export)
         recording = session.get(Recording, recording_id)
         assert recording is not None
         recording.status = RecordingStatus.scored
@@ -148,7 +152,7 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
     log.info("recording %s scored: %d clips, %d events", recording_id, len(run.starts), len(detected))
 
 
-def _committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> _ScoreRun:
+def _committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> ScoreRun:
     """Clips a previous, interrupted run already committed, as the start of this run (resume, not redo).
 
     Clips are committed in index order, so they must be exactly 0..k-1; anything else is discarded.
@@ -158,8 +162,8 @@ def _committed_clips(session: Session, recording_id: int, version_id: int, loade
     ).all()
     if [row.index for row in rows] != list(range(len(rows))):
         session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id))
-        return _ScoreRun()
-    run = _ScoreRun()
+        return ScoreRun()
+    run = ScoreRun()
     for row in rows:
         run.starts.append(row.start)
         run.ends.append(row.end)
@@ -170,31 +174,37 @@ def _committed_clips(session: Session, recording_id: int, version_id: int, loade
 
 def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id: int | None, video_path: Path,
                  spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
-                 report: IngestReport, run: _ScoreRun) -> None:
+                 report: IngestReport, run: ScoreRun) -> None:
     """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
     scorer = ClipScorer(loaded, batch_size=ctx.settings.score_batch_size)
     expected = max(1.0, duration / spec.stride_seconds)
     pending: list[Clip] = []
     clips = iter_clips(video_path, spec, started_at=started_at, report=report, start_index=len(run.starts))
     for clip, probs in scorer.score(clips):
-        run.starts.append(clip.start)
-        run.ends.append(clip.end)
-        run.scores.append(np.asarray(probs, dtype=np.float32))
-        times = [float(t) for t in clip.timestamps]
-        run.timestamps.append(times)
-        pending.append(Clip(
-            recording_id=recording_id, index=clip.index, start=clip.start, end=clip.end,
-            start_wall=clip.start_wall, end_wall=clip.end_wall,
-            frame_indices=[int(i) for i in clip.frame_indices], timestamps=times,
-            scores={name: round(float(p), 5) for name, p in zip(loaded.class_names, probs, strict=True)},
-            model_version_id=version_id,
-        ))
+        pending.append(record_clip(run, clip, probs, recording_id, version_id, loaded.class_names))
         if len(pending) >= ctx.settings.commit_every:
-            _flush_clips(ctx, pending, job_id, min(0.95, len(run.starts) / expected))
-    _flush_clips(ctx, pending, job_id, 0.95)
+            flush_clips(ctx, pending, job_id, min(0.95, len(run.starts) / expected))
+    flush_clips(ctx, pending, job_id, 0.95)
 
 
-def _flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, progress: float) -> None:
+def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id: int, version_id: int,
+                class_names: list[str]) -> Clip:
+    """Add a scored clip to the run and return its (not yet added) database row."""
+    run.starts.append(clip.start)
+    run.ends.append(clip.end)
+    run.scores.append(np.asarray(probs, dtype=np.float32))
+    times = [float(t) for t in clip.timestamps]
+    run.timestamps.append(times)
+    return Clip(
+        recording_id=recording_id, index=clip.index, start=clip.start, end=clip.end,
+        start_wall=clip.start_wall, end_wall=clip.end_wall,
+        frame_indices=[int(i) for i in clip.frame_indices], timestamps=times,
+        scores={name: round(float(p), 5) for name, p in zip(class_names, probs, strict=True)},
+        model_version_id=version_id,
+    )
+
+
+def flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, progress: float) -> None:
     if not pending:
         return
     with session_scope(ctx.session_factory) as session:
@@ -204,12 +214,38 @@ def _flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, pr
     pending.clear()
 
 
-def _store_event(ctx: WorkerContext, session: Session, recording_id: int, version_id: int, found: DetectedEvent,
-                 run: _ScoreRun, loaded: LoadedModel, video_path: Path, source_size: tuple[int, int],
-                 started_at) -> None:  # type: ignore[no-untyped-def]
-    label_index = list(loaded.class_names).index(found.label)
+#: renders an event's explanation media: (peak clip position in the run, label index, out dir) -> media
+RenderMedia = Callable[[int, int, Path], RenderedEvent]
+#: writes the review clip of an event: (start s, end s, out path) -> path, or None where no file exists
+ExportClip = Callable[[float, float, Path], Path] | None
+
+
+def file_media(ctx: WorkerContext, loaded: LoadedModel, video_path: Path, source_size: tuple[int, int],
+               run: ScoreRun) -> tuple[RenderMedia, ExportClip]:
+    """Media makers for a recording on disk: frames are read again from the file."""
+
+    def render(peak: int, label_index: int, out_dir: Path) -> RenderedEvent:
+        return render_event_media(loaded=loaded, video_path=video_path, timestamps=run.timestamps[peak],
+                                  label_index=label_index, source_size=source_size, out_dir=out_dir,
+                                  methods=tuple(ctx.settings.explain_methods))
+
+    def export(start: float, end: float, out: Path) -> Path:
+        return export_clip(video_path, out, start, end, pre=ctx.settings.review_clip_pre_seconds,
+                           post=ctx.settings.review_clip_post_seconds, max_side=MAX_OVERLAY_SIDE)
+
+    return render, export
+
+
+def store_event(ctx: WorkerContext, session: Session, recording_id: int, version_id: int, found: DetectedEvent,
+                run: ScoreRun, class_names: list[str], started_at: datetime | None, render: RenderMedia,
+                export: ExportClip) -> Event:
+    """Insert one detected event with its explanation media (and review clip where the source is a file)."""
+    label_index = class_names.index(found.label)
     peak_clip = max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
-    wall = (lambda s: started_at + timedelta(seconds=s)) if started_at is not None else (lambda s: None)
+
+    def wall(seconds: float) -> datetime | None:
+        return started_at + timedelta(seconds=seconds) if started_at is not None else None
+
     event = Event(
         recording_id=recording_id, label=found.label, start=found.start, end=found.end,
         start_wall=wall(found.start), end_wall=wall(found.end), peak_score=found.peak_score,
@@ -217,12 +253,11 @@ def _store_event(ctx: WorkerContext, session: Session, recording_id: int, versio
     )
     session.add(event)
     session.flush()
-    out_dir = ctx.settings.media_dir / "events" / str(event.id)
-    media = render_event_media(
-        loaded=loaded, video_path=video_path, timestamps=run.timestamps[peak_clip], label_index=label_index,
-        source_size=source_size, out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
-    )
     data_dir = ctx.settings.data_dir
+    out_dir = ctx.settings.media_dir / "events" / str(event.id)
+    media = render(peak_clip, label_index, out_dir)
+    if export is not None:
+        event.clip_path = str(export(found.start, found.end, out_dir / "clip.mp4").relative_to(data_dir))
     event.key_frame_time = media.key_frame_time
     event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
     for item in media.explanations:
@@ -232,6 +267,7 @@ def _store_event(ctx: WorkerContext, session: Session, recording_id: int, versio
             video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
             agreement=item.agreement,
         ))
+    return event
 
 
 def _start_job(session: Session, job_id: int | None) -> None:

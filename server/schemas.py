@@ -74,6 +74,7 @@ class EventPublic(_FromRow):
     reviewed_label: str | None
     key_frame_time: float | None
     key_frame_url: str | None = None
+    clip_url: str | None = None
     agreement: float | None = None
     created_at: datetime
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     watch_dir: Path | None = Field(default=None, description="new video files here are ingested once")
     watch_interval: float = 5.0
     watch_settle_seconds: float = 5.0
+    stream_max_reconnects: int | None = Field(default=None, description="None: reconnect forever")
     admin_token: str | None = Field(default=None, description="bearer token for admin endpoints")
 
     max_upload_bytes: int = 4 * 1024**3
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
     event_low_threshold: float | None = None
     event_min_duration: float = 0.0
     event_merge_gap: float = 2.0
+    review_clip_pre_seconds: float = Field(default=2.0, ge=0, description="review clip starts this early")
+    review_clip_post_seconds: float = Field(default=2.0, ge=0, description="and ends this late")
     explain_methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
 
     @model_validator(mode="after")

@@ -131,6 +131,7 @@ class Event(Base):
     reviewed_label: Mapped[str | None] = mapped_column(String(64))
     key_frame_time: Mapped[float | None] = mapped_column(Float)
     key_frame_path: Mapped[str | None] = mapped_column(Text)
+    clip_path: Mapped[str | None] = mapped_column(Text, doc="browser-playable review clip, relative")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")

@@ -12,8 +12,11 @@ from server.settings import Settings, get_settings
 
 PROCESS_RECORDING = "wardwatch.process_recording"
 FINETUNE = "wardwatch.finetune"
+INGEST_STREAM = "wardwatch.ingest_stream"
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
+#: live streams hold a worker for as long as they run: give them their own worker processes
+STREAMS_QUEUE = "streams"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -24,7 +27,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE}},
+        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE},
+                     INGEST_STREAM: {"queue": STREAMS_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.settings import Settings
-from server.worker.app import FINETUNE, INFERENCE_QUEUE, PROCESS_RECORDING, TRAINING_QUEUE, make_celery
+from server.streaming import run_stream
+from server.worker.app import (
+    FINETUNE,
+    INFERENCE_QUEUE,
+    INGEST_STREAM,
+    PROCESS_RECORDING,
+    STREAMS_QUEUE,
+    TRAINING_QUEUE,
+    make_celery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +30,9 @@ class Dispatcher(Protocol):
 
     def finetune(self, job_id: int) -> str | None:
         """Queue a committed fine-tune job on the training queue."""
+
+    def stream(self, recording_id: int, job_id: int) -> str | None:
+        """Start reading a live stream (a long-running task)."""
 
     def shutdown(self) -> None: ...
 
@@ -45,6 +58,12 @@ class EmbeddedDispatcher:
         self._track(self._training.submit(run_finetune, self._context, job_id))
         return None
 
+    def stream(self, recording_id: int, job_id: int) -> str | None:
+        # One thread per live stream: it runs until stopped, so it must not hold a pool slot.
+        threading.Thread(target=run_stream, args=(self._context, recording_id, job_id), daemon=True,
+                         name=f"wardwatch-stream-{recording_id}").start()
+        return None
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until queued work is done (tests and `wardwatch demo`)."""
         for future in list(self.futures):
@@ -67,6 +86,9 @@ class CeleryDispatcher:
 
     def finetune(self, job_id: int) -> str | None:
         return str(self._celery.send_task(FINETUNE, args=[job_id], queue=TRAINING_QUEUE).id)
+
+    def stream(self, recording_id: int, job_id: int) -> str | None:
+        return str(self._celery.send_task(INGEST_STREAM, args=[recording_id, job_id], queue=STREAMS_QUEUE).id)
 
     def shutdown(self) -> None:
         self._celery.close()

@@ -8,7 +8,8 @@ from server.bootstrap import make_worker_context
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.settings import get_settings
-from server.worker.app import FINETUNE, PROCESS_RECORDING, celery_app
+from server.streaming import run_stream
+from server.worker.app import FINETUNE, INGEST_STREAM, PROCESS_RECORDING, celery_app
 
 
 @cache
@@ -27,3 +28,9 @@ def process_recording_task(recording_id: int, job_id: int | None = None) -> None
 def finetune_task(job_id: int) -> None:
     """Fine-tune a model version (ATCON by default) into a candidate (idempotent per job)."""
     run_finetune(_context(), job_id)
+
+
+@celery_app.task(name=INGEST_STREAM, acks_late=True)
+def ingest_stream_task(recording_id: int, job_id: int) -> None:
+    """Read, score and explain a live stream until it is stopped through the API."""
+    run_stream(_context(), recording_id, job_id)

@@ -53,6 +53,11 @@ def test_upload_scores_and_explains(client: TestClient, ward_video) -> None:  # 
     assert video.status_code == 200 and b"ftyp" in video.content[:64]
     partial = client.get(video_url, headers={"Range": "bytes=0-99"})
     assert partial.status_code == 206 and len(partial.content) == 100
+    clip = client.get(event["clip_url"])
+    assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4"
+    assert clip.content.find(b"moov") < clip.content.find(b"mdat")  # faststart: playable while loading
+    seek = client.get(event["clip_url"], headers={"Range": "bytes=1000-1999"})
+    assert seek.status_code == 206 and seek.content == clip.content[1000:2000]
     key_frame = client.get(event["key_frame_url"])
     assert key_frame.status_code == 200 and key_frame.content[:4] == b"\x89PNG"
 

@@ -80,6 +80,7 @@ def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:
     expect(page.locator("#overlay-caption")).to_have_text("Guided Backprop")
     page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
     expect(page.locator("#video-figure")).to_be_visible()
+    expect(page.locator("#clip-figure")).to_be_visible()
 
     page.fill("#review-note", "patient on the floor, nurse called")
     page.click("#confirm")

@@ -22,6 +22,7 @@ API = "/api/v1"
 def event_public(event: Event) -> EventPublic:
     out = EventPublic.model_validate(event)
     out.key_frame_url = f"{API}/events/{event.id}/keyframe.png" if event.key_frame_path else None
+    out.clip_url = f"{API}/events/{event.id}/clip.mp4" if event.clip_path else None
     scores = [e.agreement for e in event.explanations if e.agreement is not None]
     out.agreement = scores[0] if scores else None
     return out
@@ -76,6 +77,13 @@ def read_explanations(session: SessionDep, event_id: int) -> ExplanationsPublic:
 def read_key_frame(session: SessionDep, settings: SettingsDep, event_id: int) -> FileResponse:
     event = get_event(session=session, event_id=event_id)
     return _media(settings.data_dir, event.key_frame_path, "image/png")
+
+
+@router.get("/events/{event_id}/clip.mp4", response_class=FileResponse)
+def read_event_clip(session: SessionDep, settings: SettingsDep, event_id: int) -> FileResponse:
+    """The event with a few seconds before and after, H.264 with faststart (range requests: players seek)."""
+    event = get_event(session=session, event_id=event_id)
+    return _media(settings.data_dir, event.clip_path, "video/mp4")
 
 
 @router.get("/explanations/{explanation_id}/{media}", response_class=FileResponse)

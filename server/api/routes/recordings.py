@@ -9,19 +9,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from ingest.errors import IngestError
 from ingest.paths import UnsafePathError, resolve_import_path
+from ingest.stream import redact_url, validate_stream_url
 from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep
-from server.db.tables import Recording, RecordingStatus
+from server.db.session import session_scope
+from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.schemas import RecordingPublic, RecordingsPublic
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
-from server.services.recordings import get_recording, list_recordings
+from server.services.recordings import create_recording, get_recording, list_recordings
 from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
+from server.streaming import STREAM_KIND
 from server.worker.dispatch import Dispatcher
 
 router = APIRouter(prefix="/recordings", tags=["recordings"])
@@ -106,11 +111,20 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
 
 
 class RecordingSource(RecordingForm):
-    """JSON body of ``POST /recordings``: a file in the server's import directory (or, later, a stream URL)."""
+    """JSON body of ``POST /recordings``: a file in the server's import directory, or a live stream URL."""
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, max_length=4096, description="relative to WARDWATCH_IMPORT_DIR")
+    path: str | None = Field(default=None, min_length=1, max_length=4096,
+                             description="a file relative to WARDWATCH_IMPORT_DIR")
+    url: str | None = Field(default=None, min_length=1, max_length=4096,
+                            description="rtsp, rtmp, http(s), udp or tcp stream")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecordingSource:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' (server-side import) or 'url' (live stream)")
+        return self
 
 
 async def _from_json(request: Request, settings: Settings, factory: sessionmaker[Session],
@@ -123,6 +137,9 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
         source = RecordingSource.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
+    if source.url is not None:
+        return await run_in_threadpool(_start_stream, source, factory, dispatcher)
+    assert source.path is not None
     if settings.import_dir is None:
         raise HTTPException(403, detail="server-side import is disabled: set WARDWATCH_IMPORT_DIR")
     try:
@@ -142,6 +159,42 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
     except RecordingRejected as exc:
         raise HTTPException(exc.status, detail=exc.detail) from exc
     await run_in_threadpool(queue_scoring, dispatcher, factory, recording.id, job_id)
+    return recording
+
+
+def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispatcher: Dispatcher) -> RecordingPublic:
+    assert source.url is not None
+    try:
+        url = validate_stream_url(source.url)
+    except IngestError as exc:
+        raise HTTPException(422, detail=str(exc)) from exc
+    with session_scope(factory) as session:
+        recording = create_recording(session=session, source=redact_url(url), room=source.room,
+                                     patient_ref=source.patient_ref)
+        recording.started_at = source.started_at
+        recording.status = RecordingStatus.ingesting
+        # The job keeps the full URL (credentials included) for the worker; the recording shows it redacted.
+        job = Job(kind=STREAM_KIND, recording_id=recording.id, params={"url": url})
+        session.add(job)
+        session.flush()
+        public, job_id = RecordingPublic.model_validate(recording), job.id
+    task_id = dispatcher.stream(public.id, job_id)
+    if task_id is not None:
+        with session_scope(factory) as session:
+            if (job := session.get(Job, job_id)) is not None:
+                job.celery_id = task_id
+    return public
+
+
+@router.post("/{recording_id}/stop", response_model=RecordingPublic)
+def stop_stream(session: SessionDep, recording_id: int) -> Recording:
+    """Stop a live stream: clips already committed and events found so far are kept."""
+    recording = get_recording(session=session, recording_id=recording_id)
+    job = session.scalars(select(Job).where(Job.recording_id == recording_id, Job.kind == STREAM_KIND,
+                                            Job.status.in_([JobStatus.queued, JobStatus.running]))).first()
+    if job is None:
+        raise HTTPException(409, detail=f"recording {recording_id} is not a running live stream")
+    job.status = JobStatus.cancelled
     return recording
 
 
