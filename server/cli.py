@@ -33,7 +33,7 @@ def _ingest(args: argparse.Namespace) -> int:
             args.path, score=not args.no_score, model_path=args.model, device=args.device,
             clip_seconds=args.clip_seconds, stride_seconds=args.stride_seconds, sample_fps=args.sample_fps,
             size=tuple(args.size) if args.size else None, threshold=args.threshold,
-            progress=sys.stderr.isatty() and not args.json,
+            progress=sys.stderr.isatty() and not args.json, max_reconnects=args.max_reconnects,
         )
     except Exception as exc:  # noqa: BLE001 - a CLI answers with a message, not a traceback
         if args.json:
@@ -45,6 +45,8 @@ def _ingest(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     print(f"{args.path}: {summary['clips']} clips, {summary['frames']} frames, {summary['duration']:.1f} s")
+    for start, end in summary["gaps"]:
+        print(f"  gap: {start:.1f}-{end:.1f} s")
     for event in summary["events"]:
         print(f"  {event['label']:<20} {event['start']:8.1f}-{event['end']:<8.1f} peak {event['peak_score']:.2f}")
     for error in summary["errors"]:
@@ -134,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=15)
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("ingest", help="cut a video into clips and score it, without the server")
-    p.add_argument("path")
+    p = sub.add_parser("ingest", help="cut a video file or stream into clips and score it, without the server")
+    p.add_argument("path", help="a video file, or a stream URL (rtsp, rtmp, http(s), udp, tcp)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--no-score", action="store_true", help="decode and cut only")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped demo model)")
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-fps", type=float, default=None)
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None)
     p.add_argument("--threshold", type=float, default=0.5, help="event threshold on clip probability")
+    p.add_argument("--max-reconnects", type=int, default=3, help="streams: give up after this many failed tries")
     p.set_defaults(func=_ingest)
 
     p = sub.add_parser("train", help="train a clip classifier on synthetic ward video")

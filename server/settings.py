@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     watch_interval: float = 5.0
     watch_settle_seconds: float = 5.0
     stream_max_reconnects: int | None = Field(default=None, description="None: reconnect forever")
+    filename_time_pattern: str | None = Field(
+        default=None, description="strftime pattern of the start time in file names, e.g. %Y%m%d_%H%M%S (UTC)")
     admin_token: str | None = Field(default=None, description="bearer token for admin endpoints")
 
     max_upload_bytes: int = 4 * 1024**3

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.errors import IngestError
 from ingest.probe import probe
+from ingest.timestamps import started_at_from_filename
 from server.db.session import session_scope
 from server.db.tables import Job, Recording, RecordingStatus
 from server.schemas import RecordingPublic
@@ -59,7 +60,8 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
     with session_scope(factory) as session:
         recording = create_recording(session=session, source=source, room=options.room,
                                      patient_ref=options.patient_ref)
-        recording.started_at = options.started_at
+        # Start time: the sender's word first, then the file name (camera exports), then container metadata.
+        recording.started_at = options.started_at or _time_from_name(settings, source)
         if move_into_data_dir:
             relative = f"recordings/{recording.id}/{file.name}"
             target = settings.data_dir / relative
@@ -82,6 +84,12 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
         session.add(job)
         session.flush()
         return RecordingPublic.model_validate(recording), job.id
+
+
+def _time_from_name(settings: Settings, name: str) -> datetime | None:
+    if not settings.filename_time_pattern:
+        return None
+    return started_at_from_filename(name, settings.filename_time_pattern)
 
 
 def _check(session: Session, recording: Recording, path: Path, allow_duplicate: bool) -> tuple[str | None, int]:

@@ -58,3 +58,21 @@ def test_demo_once(tmp_path: Path) -> None:
     assert "events flagged" in done.stdout
     flagged = int(done.stdout.split("events flagged")[0].rsplit(";", 1)[1].split()[0])
     assert flagged >= 1
+
+
+def test_ingest_a_stream_url(tmp_path: Path, capsys, ward_video) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    server = subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-i", str(ward_video.video), "-c", "copy", "-f", "mpegts",
+         f"tcp://127.0.0.1:{port}?listen=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert main(["ingest", f"tcp://127.0.0.1:{port}", "--json", "--max-reconnects", "1"]) == 0
+    finally:
+        server.kill()
+        server.wait()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clips"] >= 15  # the whole 36 s file arrived as a stream
+    assert summary["events"] and summary["errors"]  # the stream ended: reconnect gave up, said so

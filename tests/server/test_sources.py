@@ -23,9 +23,14 @@ def test_import_from_the_import_directory_only(tmp_path: Path, ward_video) -> No
     os.symlink(secret, root / "escape.mp4")
     (root / "notes.mp4").write_text("not a video at all")
 
-    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", import_dir=root)
+    shutil.copy(ward_video.video, root / "room12" / "cam_20260301_081500.mp4")
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", import_dir=root,
+                        filename_time_pattern="%Y%m%d_%H%M%S")
     with TestClient(create_app(settings)) as client:
-        answer = client.post("/api/v1/recordings", json={"path": "room12/night.mp4", "room": "12"})
+        named = client.post("/api/v1/recordings", json={"path": "room12/cam_20260301_081500.mp4"}).json()
+        assert named["started_at"] == "2026-03-01T08:15:00Z"  # from the file name, over container metadata
+        answer = client.post("/api/v1/recordings", json={"path": "room12/night.mp4", "room": "12",
+                                                          "allow_duplicate": True})
         assert answer.status_code == 201, answer.text
         recording = answer.json()
         assert recording["source"] == "room12/night.mp4" and recording["room"] == "12"
@@ -41,6 +46,7 @@ def test_import_from_the_import_directory_only(tmp_path: Path, ward_video) -> No
         assert bad.status_code == 422 and "marked failed" in bad.json()["detail"]
         again = client.post("/api/v1/recordings", json={"path": "room12/night.mp4"})
         assert again.status_code == 409
+        assert recording["started_at"] == "2024-01-15T08:00:00Z"  # no match in the name: container metadata
 
     disabled = Settings(data_dir=tmp_path / "d2", broker_url=None)
     with TestClient(create_app(disabled)) as client:
