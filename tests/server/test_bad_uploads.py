@@ -69,7 +69,9 @@ def test_messages_say_what_is_wrong(client: TestClient, ward_video, tmp_path: Pa
     not_multipart = client.post("/api/v1/recordings", content=b"x", headers={"Content-Type": "text/plain"})
     assert not_multipart.status_code == 422 and "multipart/form-data" in not_multipart.json()["detail"]
     wrong_json = client.post("/api/v1/recordings", json={"file": "x"})
-    assert wrong_json.status_code == 422 and "path" in str(wrong_json.json()["detail"])
+    assert wrong_json.status_code == 422 and "file" in str(wrong_json.json()["detail"])
+    neither = client.post("/api/v1/recordings", json={"room": "x"})
+    assert neither.status_code == 422 and "exactly one of" in str(neither.json()["detail"])
     bad_json = client.post("/api/v1/recordings", content=b"{oops", headers={"Content-Type": "application/json"})
     assert bad_json.status_code == 422
     broken = client.post("/api/v1/recordings", content=b"--abc\r\nContent-Disposition: form-data; name=file",

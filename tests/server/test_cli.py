@@ -44,7 +44,9 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "server.cli", "db", "upgrade"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "revision 0001" in done.stdout and (tmp_path / "wardwatch.db").exists()
+    from server.db.migrate import head_revision
+
+    assert f"revision {head_revision()}" in done.stdout and (tmp_path / "wardwatch.db").exists()
 
 
 def test_demo_once(tmp_path: Path) -> None:
