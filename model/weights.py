@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -132,14 +133,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def _plain(value: Any, where: str = "metrics") -> Any:
     """Convert metrics to types ``torch.load(weights_only=True)`` accepts (and JSON can hold).
 
-    numpy / torch scalars become Python numbers, arrays become lists, tuples become lists.
+    numpy / torch scalars become Python numbers, arrays become lists, tuples become lists,
+    NaN and infinities become None.
     Anything else (objects, functions) is refused: it would make the checkpoint unloadable
     under ``weights_only=True``.
     """
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value
+        return value if math.isfinite(value) else None  # NaN/inf are not JSON (the server stores metrics)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -35,7 +35,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, arch: str) -> None:
         arch=arch,
         class_names=NAMES,
         input_spec=SPEC,
-        metrics={"macro_f1": np.float32(0.75), "per_class": np.array([0.5, 1.0]), "note": ("a", 1)},
+        metrics={"macro_f1": np.float32(0.75), "per_class": np.array([0.5, 1.0]), "note": ("a", 1), "f1": np.nan},
     )
     assert sha == file_sha256(path)
     loaded = load_checkpoint(path, device="cpu")
@@ -44,6 +44,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, arch: str) -> None:
     assert not loaded.model.training
     assert loaded.metrics["macro_f1"] == pytest.approx(0.75)
     assert loaded.metrics["per_class"] == [0.5, 1.0]
+    assert loaded.metrics["note"] == ["a", 1] and loaded.metrics["f1"] is None
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), expected)
 
