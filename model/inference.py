@@ -129,7 +129,7 @@ class ClipScorer:
     has been scored.
     """
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int = 16) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.loaded = loaded

@@ -591,8 +591,14 @@ def synthetic_ward(
     stride_seconds: float | None = None,
     synth_options: Mapping[str, Any] | None = None,
     background: bool = True,
+    targets: str = "events",
 ) -> TrainingData:
     """Clips of synthetic ward videos (one per seed; group = seed) with ground-truth regions.
+
+    ``targets="activity"`` labels the clips instead with the *non-event* activity of the scene
+    (multi-label: the distractor kinds and caregiver visits, no regions), a different task on
+    the same domain, used to pretrain a backbone that never saw an event label (the stand-in for
+    the paper's Kinetics / ImageNet pretraining, which we cannot download).
 
     Labels from the generator's events (:func:`model.training.synthetic_data.clip_labels`).
     ``spec.multi_label`` False gives one class per clip: the event, or ``"none"`` (the first
@@ -613,6 +619,10 @@ def synthetic_ward(
         synth_options=synth_options,
     )
     by_seed = {int(r.config.seed): r for r in results}
+    if targets == "activity":
+        return _activity_data(ds, by_seed)
+    if targets != "events":
+        raise ValueError(f"targets must be 'events' or 'activity', got {targets!r}")
     regions = []
     for i in range(len(ds)):
         result = by_seed[int(ds.video_ids[i])]
@@ -647,4 +657,37 @@ def synthetic_ward(
         regions=regions,
         source="synthetic",
         extra={"starts": ds.starts, "ends": ds.ends},
+    )
+
+
+ACTIVITY_LABELS: tuple[str, ...] = ("lighting_change", "sensor_noise", "passer_by", "caregiver_visit")
+
+
+def _activity_data(ds: Any, by_seed: Mapping[int, Any]) -> TrainingData:
+    """Multi-label clips over :data:`ACTIVITY_LABELS` (distractors and visits), no regions."""
+    from model.training.synthetic_data import clip_labels
+
+    names = list(ACTIVITY_LABELS)
+    labels = (
+        np.stack(
+            [
+                clip_labels(
+                    float(ds.starts[i]),
+                    float(ds.ends[i]),
+                    list(by_seed[int(ds.video_ids[i])].distractors) + list(by_seed[int(ds.video_ids[i])].background),
+                    names,
+                )
+                for i in range(len(ds))
+            ]
+        )
+        if len(ds)
+        else np.zeros((0, len(names)), dtype=np.float32)
+    )
+    return TrainingData(
+        frames=ds.frames,
+        labels=labels,
+        class_names=names,
+        multi_label=True,
+        groups=ds.video_ids,
+        source="synthetic activity",
     )

@@ -27,6 +27,7 @@ Tensors/arrays in, numbers out; no files. Maps for clips are averaged over time 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -240,10 +241,11 @@ def paired_bootstrap_mean(
     def seed_means(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # w: [R, N] item weights -> per resample the mean over seeds of per-seed means: [R] each
         cnt = w @ both.T.astype(np.float64)  # [R, S]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample may miss every usable item
             ma = (w @ da.T) / cnt
             mb = (w @ db.T) / cnt
-        return np.nanmean(ma, axis=1), np.nanmean(mb, axis=1)
+            return np.nanmean(ma, axis=1), np.nanmean(mb, axis=1)
 
     n = xa.shape[1]
     pa, pb = seed_means(np.ones((1, n)))
@@ -268,6 +270,11 @@ def paired_bootstrap_mean(
 # --------------------------------------------------------------------------------------------
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _to_input(frames: np.ndarray, spec: InputSpec) -> Tensor:
     """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` normalised (T = 1 is kept)."""
     return frames_to_tensor(frames, spec)
@@ -282,7 +289,7 @@ def predict_probs(
     ndarray or :class:`~model.training.datasets.LazyFrames`). The model's mode is restored.
     """
     n = len(frames)  # type: ignore[arg-type]
-    dev = device or next(model.parameters()).device
+    dev = device or _model_device(model)
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
@@ -312,11 +319,14 @@ def grad_cam_maps(
     """Grad-CAM (ReLU, upsampled to the input, time-averaged for clips), float32 ``[N, H, W]``.
 
     ``targets``: int ``[N]`` class per item. Model in eval mode during the call (restored).
+    Computed with :class:`GradCAM`'s own steps inside :func:`model.training.atcon.traced`, which
+    frees each batch's graph (``GradCAM.attribute`` leaks it, see ``traced``).
     """
     from model.nets import default_target_layer
+    from model.training.atcon import traced
 
     cam = GradCAM(model, layer if layer is not None else default_target_layer(model))
-    dev = next(model.parameters()).device
+    dev = _model_device(model)
     n = len(frames)  # type: ignore[arg-type]
     was_training = model.training
     model.eval()
@@ -327,7 +337,11 @@ def grad_cam_maps(
             x = _to_input(np.asarray(frames[idx]), spec).to(dev)  # type: ignore[index]
             if x.shape[2] == 1:
                 x = x[:, :, 0]  # images: [B, 3, H, W]
-            m = cam.attribute(x, torch.as_tensor(targets[idx], device=dev), per_time_step=per_time_step)
+            x.requires_grad_(True)
+            with torch.enable_grad(), traced(model, x, layer=cam.layer, guided=False) as trace:
+                cam.layer_gradient(trace, torch.as_tensor(targets[idx], device=dev), create_graph=False)
+                raw = cam.layer_map(trace, x, per_time_step=per_time_step)
+            m = GradCAM.finish(raw, x, relu=True, upsample=True, create_graph=False)
             if m.dim() == 4:
                 m = m.mean(dim=1)
             out.append(m.detach().float().cpu().numpy())

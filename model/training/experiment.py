@@ -21,8 +21,9 @@ Outputs: the JSON at ``--out`` (config, data, per-N per-seed results and summari
 table beside it (same stem, ``.md``) and, with several N, a PNG plot of macro-F1 against N.
 
 Data specs: ``imagefolder:PATH``, ``voc:PATH``, ``csv:PATH[,frames=8,fps=4,width=64,height=48]``
-(videos + annotation CSV) and ``synthetic[:KEY=VAL,...]`` (synthetic ward video; keys in
-:data:`SYNTHETIC_DEFAULTS`).
+(videos + annotation CSV; ``stride=`` seconds between clips) and ``synthetic[:KEY=VAL,...]``
+(synthetic ward video; keys in :data:`SYNTHETIC_DEFAULTS`; ``pretrain=P`` first pretrains the
+backbone on P event-free videos labelled with their distractors and caregiver visits).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ SYNTHETIC_DEFAULTS: dict[str, float] = {
     "video_height": 120,
     "multi_label": 0,  # 0: softmax over none + 3 events (the paper's video setup); 1: sigmoid
     "seed": 0,  # first video seed
+    "pretrain": 0,  # event-free videos to pretrain the backbone on (distractors, visits); 0 = none
+    "pretrain_epochs": 15,
 }
 
 
@@ -131,17 +134,23 @@ class ExperimentConfig:
     work_dir: str | None = None
     cache_baselines: bool = True
     progress: bool | None = None
+    pretrained: str | None = None
 
 
 @dataclass
 class Splits:
-    """Train pool / validation / test, one label rule and class list."""
+    """Train pool / validation / test, one label rule and class list.
+
+    ``pretrain``: optional labelled data of a *different* task on the same domain (no class of
+    the experiment), used to pretrain the backbone every model of the run starts from.
+    """
 
     train: TrainingData
     val: TrainingData
     test: TrainingData
     spec: InputSpec
     description: dict[str, Any]
+    pretrain: TrainingData | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +214,7 @@ def load_splits(config: ExperimentConfig, work_dir: Path) -> Splits:
             size=(int(opts.get("width", 64)), int(opts.get("height", 48))),
             multi_label=bool(int(opts.get("multi_label", 1))),
         )
-        data = annotated_videos(path, spec)
+        data = annotated_videos(path, spec, stride_seconds=float(opts["stride"]) if "stride" in opts else None)
     else:
         raise ValueError(f"unknown data kind {kind!r}: use imagefolder:PATH, voc:PATH, csv:PATH or synthetic[:K=V,...]")
     grouped = len(np.unique(data.groups)) < len(data) and len(np.unique(data.groups)) >= 3
@@ -262,7 +271,21 @@ def _synthetic_splits(opts: dict[str, str], work_dir: Path) -> Splits:
 
     train_data = part("train", o["stride"])
     val_data, test_data = part("val", None), part("test", None)
+    pretrain = None
+    if int(o["pretrain"]) > 0:
+        # Event-free videos (disjoint seeds) labelled with the scene's other activity.
+        seeds["pretrain"] = list(range(first + 3000, first + 3000 + int(o["pretrain"])))
+        pretrain = synthetic_ward(
+            work_dir / "pretrain",
+            replace(spec, multi_label=True),
+            seeds=seeds["pretrain"],
+            seconds=o["seconds"],
+            stride_seconds=o["stride"],
+            synth_options={**synth, "events_per_minute": 0.0, "distractors_per_minute": 6.0},
+            targets="activity",
+        )
     return Splits(
+        pretrain=pretrain,
         train=train_data,
         val=val_data,
         test=test_data,
@@ -374,8 +397,9 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _baseline_key(config: ExperimentConfig, n: int, seed: int) -> str:
+def _baseline_key(config: ExperimentConfig, n: int, seed: int, pretrain: Any = None) -> str:
     fields = {
+        "pretrain": pretrain,
         "data": config.data,
         "arch": config.arch,
         "n": n,
@@ -395,15 +419,100 @@ def _baseline_key(config: ExperimentConfig, n: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _new_model(config: ExperimentConfig, num_classes: int, seed: int) -> nn.Module:
+def _new_model(
+    config: ExperimentConfig, num_classes: int, seed: int, backbone: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """A fresh model for ``seed``; with ``backbone`` every weight but the classifier is copied in."""
     torch.manual_seed(seed)
     model = build_model(config.arch, num_classes=num_classes)
+    if backbone is not None:
+        own = model.state_dict()
+        usable = {k: v for k, v in backbone.items() if k in own and own[k].shape == v.shape and not k.startswith("fc.")}
+        model.load_state_dict(usable, strict=False)
     if config.reflect_padding:
         reflect_padding(model)
     return model
 
 
-def run_seed(config: ExperimentConfig, splits: Splits, n: int, seed: int, work_dir: Path) -> dict[str, Any]:
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a Wardwatch checkpoint or a plain ``torch.save``-d state dict (e.g.
+    torchvision ImageNet / Kinetics weights kept on disk), loaded with ``weights_only=True``."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ValueError(f"{path} holds no state dict")
+    return payload
+
+
+def pretrained_backbone(config: ExperimentConfig, splits: Splits, work_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Backbone weights: ``config.pretrained`` (a file), else pretrained on ``splits.pretrain``
+    (cached in ``work_dir``), else None.
+
+    Supervised multi-label training on the other task; the classifier is dropped when the
+    weights are used. Validation: a held-out fifth of the pretraining videos.
+    """
+    if config.pretrained:
+        return _load_weights(Path(config.pretrained))
+    data = splits.pretrain
+    if data is None:
+        return None
+    epochs = int(splits.description.get("options", {}).get("pretrain_epochs", 15))
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                config.arch,
+                splits.description.get("video_seeds", {}).get("pretrain"),
+                epochs,
+                config.lr,
+                config.reflect_padding,
+                splits.spec.to_dict(),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    cache = work_dir / "pretrained" / f"{key}.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=True)
+    groups = np.unique(data.groups)
+    val_groups = groups[: max(1, groups.size // 5)]
+    is_val = np.isin(data.groups, val_groups)
+    spec = replace(splits.spec, multi_label=True)
+    model = _new_model(config, data.num_classes, 12345)
+    result = train(
+        model,
+        labelled=data.subset(np.flatnonzero(~is_val)),
+        unlabelled=None,
+        validation=data.subset(np.flatnonzero(is_val)),
+        spec=spec,
+        config=FinetuneConfig(
+            mode="supervised",
+            epochs=epochs,
+            lr=config.lr,
+            alpha=1.0,
+            batch_size=16,
+            seed=0,
+            device=config.device,
+            progress=config.progress,
+            select_initial=False,
+        ),
+    )
+    logger.info("pretrained backbone on %s: val macro-F1 %.3f", data.class_names, result.best_val_macro_f1 or 0.0)
+    state = _state(model)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, cache)
+    return state
+
+
+def run_seed(
+    config: ExperimentConfig,
+    splits: Splits,
+    n: int,
+    seed: int,
+    work_dir: Path,
+    backbone: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Baseline, ATCON (and control) for one N and seed; returns the JSON row and item arrays."""
     rng = np.random.default_rng(seed)
     pool = splits.train
@@ -419,8 +528,12 @@ def run_seed(config: ExperimentConfig, splits: Splits, n: int, seed: int, work_d
     }
     # 1. baseline (cached: it does not depend on the ATCON settings being explored)
     t0 = time.perf_counter()
-    cache = work_dir / "baselines" / f"{_baseline_key(config, n, seed)}.pt"
-    model = _new_model(config, k, seed)
+    pretrain_id: Any = splits.description.get("video_seeds", {}).get("pretrain")
+    if config.pretrained:
+        pretrain_id = [pretrain_id, config.pretrained]
+    key = _baseline_key(config, n, seed, pretrain_id)
+    cache = work_dir / "baselines" / f"{key}.pt"
+    model = _new_model(config, k, seed, backbone)
     if config.cache_baselines and cache.is_file():
         saved = torch.load(cache, weights_only=True)
         model.load_state_dict(saved["model"])
@@ -691,9 +804,10 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     if splits.train.frame_shape[0] == 1 and is_video_arch(config.arch):
         logger.warning("%s on single images: a 3D net sees one frame per item", config.arch)
     logger.info("data: %s", json.dumps(splits.description))
+    backbone = pretrained_backbone(config, splits, work_dir)
     runs = []
     for n in config.images_per_class:
-        rows = [run_seed(config, splits, n, seed, work_dir) for seed in range(config.seeds)]
+        rows = [run_seed(config, splits, n, seed, work_dir, backbone) for seed in range(config.seeds)]
         runs.append({"images_per_class": n, "seeds": rows, "summary": _summarise(rows, splits, config)})
     results = {
         "config": asdict(config),
@@ -753,6 +867,9 @@ def build_parser(prog: str = "wardwatch experiment atcon") -> argparse.ArgumentP
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--work-dir", default=None, help="generated data and cached baselines")
     p.add_argument("--no-cache", dest="cache_baselines", action="store_false")
+    p.add_argument(
+        "--pretrained", default=None, help="initialise every model from these weights (checkpoint or state dict)"
+    )
     p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bars")
     return p
 

@@ -194,8 +194,18 @@ def test_batchnorm_is_frozen_during_the_loss() -> None:
     assert seen and not any(seen)  # every BatchNorm call ran in eval mode
     assert all(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns, strict=True))
     assert all(bn.training for bn in bns)  # restored afterwards
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for bn in bns:
+            for t in (bn.running_mean, bn.weight, bn.bias):
+                t.copy_(torch.randn_like(t))
+            bn.running_var.uniform_(0.5, 2.0)
     with unsupervised_mode(model):
         assert not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.Dropout))
+        frozen = model(x)  # BatchNorm as an explicit affine map (cheaper double backward) ...
+    model.eval()
+    torch.testing.assert_close(frozen, model(x))  # ... is exactly the eval-mode network
+    model.train()
 
 
 def test_reflect_padding_switches_padding_and_keeps_the_weights() -> None:
@@ -221,3 +231,37 @@ def test_config_rejects_unknown_option_names() -> None:
         ATCONConfig(similarity="cosine")
     with pytest.raises(ValueError, match="fine_method"):
         ATCONConfig(fine_method="saliency")
+
+
+def test_fused_pass_matches_the_engine_and_leaks_no_graph(image_model: nn.Module) -> None:
+    """The loss repeats the engine's fused Grad-CAM + Guided Backprop pass inside ``traced``,
+    which empties each Trace (its tensor hooks otherwise keep the whole graph alive)."""
+    import gc
+
+    from model.attribution.fused import fused_maps
+    from model.attribution.trace import Trace
+    from model.nets import default_target_layer
+    from model.training.atcon import GradCAM, fused_cam_and_guided
+
+    layer = default_target_layer(image_model)
+    x = torch.randn(3, 3, 16, 16, requires_grad=True)
+    image_model.eval()
+    try:
+        ref = fused_maps(image_model, x, layer, None, per_time_step=True, create_graph=False)
+        targets, cam, guided = fused_cam_and_guided(
+            image_model, x, layer, cam_method=GradCAM(image_model, layer), per_time_step=True
+        )
+    finally:
+        image_model.train()
+    assert torch.equal(targets, ref.targets)
+    torch.testing.assert_close(cam.detach(), ref.cam)
+    torch.testing.assert_close(guided.detach(), ref.guided)
+    del ref, cam, guided
+    gc.collect()
+    before = sum(type(o) is Trace for o in gc.get_objects())
+    for rm in RESOLUTION_MATCHES:
+        out = ATCONLoss(image_model, config=ATCONConfig(resolution_match=rm))(torch.randn(2, 3, 16, 16))
+        out.loss.backward()
+        del out
+    gc.collect()
+    assert sum(type(o) is Trace for o in gc.get_objects()) == before

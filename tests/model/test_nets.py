@@ -34,10 +34,10 @@ def test_every_architecture_maps_clips_to_logits(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["tiny2d", "resnet18", "resnet50"])
 def test_2d_nets_accept_images_and_average_logits_over_time(arch: str) -> None:
     model = build_model(arch, num_classes=K).eval()
-    clip = torch.randn(2, 3, 3, 32, 32)
+    clip = torch.randn(2, 3, 2, 32, 32)
     with torch.no_grad():
         images = model(clip[:, :, 0])
-        per_frame = torch.stack([model(clip[:, :, t]) for t in range(3)], dim=1)
+        per_frame = torch.stack([model(clip[:, :, t]) for t in range(2)], dim=1)
         on_clip = model(clip)
     assert images.shape == (2, K)
     torch.testing.assert_close(on_clip, per_frame.mean(dim=1), rtol=1e-4, atol=1e-5)
