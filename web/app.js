@@ -87,14 +87,20 @@ async function select(id) {
   $("review-note").value = event.note || "";
   $("review-status").textContent = "";
   $("clip-figure").hidden = !event.clip_url;
-  if (event.clip_url) $("event-clip").src = event.clip_url;
+  if (event.clip_url) {
+    $("event-clip").poster = event.key_frame_url || "";
+    $("event-clip").src = event.clip_url;
+  }
   const explanations = (await api.explanations(id)).data;
   state.views = explanations.map((e) => ({ method: e.method, url: e.overlay_url, video: e.video_url }));
   if (event.key_frame_url) state.views.push({ method: "key_frame", url: event.key_frame_url, video: null });
   renderViews(0);
   const video = explanations.find((e) => e.video_url);
   $("video-figure").hidden = !video;
-  if (video) $("overlay-video").src = video.video_url;
+  if (video) {
+    $("overlay-video").poster = video.overlay_url;  // the key-frame overlay until the clip plays
+    $("overlay-video").src = video.video_url;
+  }
 }
 
 function renderViews(index) {
