@@ -188,6 +188,7 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; other processes (server, worker) must read it
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -59,6 +59,7 @@ __all__ = [
     "ATCONLoss",
     "ATCONOutput",
     "dot_similarity",
+    "frozen_batchnorm",
     "fused_cam_and_guided",
     "map_similarity",
     "pearson_similarity",
@@ -325,6 +326,25 @@ def unsupervised_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for h in handles:
             h.remove()
+        for m in changed:
+            m.train(True)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
+    """BatchNorm layers in eval mode (running statistics frozen; affine weights still trained).
+
+    A fine-tuning stabiliser for supervised steps on small labelled batches: in train mode every
+    step moves the running statistics towards the statistics of a handful of (augmented) clips,
+    and a classifier selected for its validation score can lose it within one epoch even at a
+    learning rate of 1e-6 (observed on the synthetic ward clips). Dropout is left as it is.
+    """
+    changed = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    try:
+        for m in changed:
+            m.train(False)
+        yield model
+    finally:
         for m in changed:
             m.train(True)
 

@@ -47,7 +47,9 @@ __all__ = [
     "annotated_videos",
     "image_folder",
     "labels_from_review",
+    "load_npz",
     "reviewed_clips",
+    "save_npz",
     "synthetic_ward",
     "voc",
 ]
@@ -691,3 +693,51 @@ def _activity_data(ds: Any, by_seed: Mapping[int, Any]) -> TrainingData:
         groups=ds.video_ids,
         source="synthetic activity",
     )
+
+
+def save_npz(data: TrainingData, path: str | os.PathLike[str]) -> Path:
+    """Write in-memory :class:`TrainingData` to one ``.npz`` atomically (temp file + rename).
+
+    Used to cache generated datasets: concurrent runs may write the same cache, never a torn one.
+    """
+    if isinstance(data.frames, LazyFrames):
+        raise ValueError("only in-memory frames can be saved")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    regions = data.regions if data.regions is not None else []
+    offsets = np.cumsum([0] + [len(r) for r in regions]).astype(np.int64)
+    flat = np.concatenate(regions).astype(np.float32) if regions else np.zeros((0, 5), np.float32)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        frames=data.frames,
+        labels=data.labels,
+        groups=data.groups,
+        class_names=np.asarray(data.class_names),
+        multi_label=np.asarray(data.multi_label),
+        has_regions=np.asarray(data.regions is not None),
+        region_offsets=offsets,
+        regions=flat.reshape(-1, 5),
+        source=np.asarray(data.source),
+    )
+    os.replace(tmp, target)
+    return target
+
+
+def load_npz(path: str | os.PathLike[str]) -> TrainingData:
+    """Inverse of :func:`save_npz` (no pickled objects: ``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        offsets = z["region_offsets"]
+        flat = z["regions"]
+        regions = (
+            [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)] if bool(z["has_regions"]) else None
+        )
+        return TrainingData(
+            frames=z["frames"],
+            labels=z["labels"],
+            class_names=[str(c) for c in z["class_names"]],
+            multi_label=bool(z["multi_label"]),
+            groups=z["groups"],
+            regions=regions,
+            source=str(z["source"]),
+        )

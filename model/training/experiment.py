@@ -46,7 +46,15 @@ from torch import nn
 
 from model.nets import ARCHITECTURES, build_model, is_video_arch
 from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
-from model.training.datasets import TrainingData, annotated_videos, image_folder, synthetic_ward, voc
+from model.training.datasets import (
+    TrainingData,
+    annotated_videos,
+    image_folder,
+    load_npz,
+    save_npz,
+    synthetic_ward,
+    voc,
+)
 from model.training.evaluation import (
     average_drop_increase,
     bootstrap_macro_f1,
@@ -135,6 +143,7 @@ class ExperimentConfig:
     cache_baselines: bool = True
     progress: bool | None = None
     pretrained: str | None = None
+    freeze_bn: str = "finetune"
 
 
 @dataclass
@@ -200,7 +209,7 @@ def load_splits(config: ExperimentConfig, work_dir: Path) -> Splits:
     kind, _, rest = config.data.partition(":")
     size = (config.image_size, config.image_size) if config.image_size else None
     if kind == "synthetic":
-        return _synthetic_splits(_parse_options(rest), work_dir / "synthetic")
+        return _synthetic_splits(_parse_options(rest), work_dir)
     if kind == "imagefolder":
         data = image_folder(rest, size=size)
     elif kind == "voc":
@@ -239,6 +248,43 @@ def load_splits(config: ExperimentConfig, work_dir: Path) -> Splits:
     )
 
 
+def _cached_synthetic(
+    work_dir: Path,
+    name: str,
+    spec: InputSpec,
+    *,
+    seeds: list[int],
+    seconds: float,
+    stride: float | None,
+    synth: dict[str, Any],
+    targets: str = "events",
+) -> TrainingData:
+    """:func:`synthetic_ward` cached as ``.npz`` in ``work_dir`` (keyed by every setting).
+
+    Videos are generated in a private temporary folder, so runs sharing a work folder never read
+    each other's half-written videos; the cache itself is written atomically.
+    """
+    import shutil
+    import tempfile
+
+    key = hashlib.sha256(
+        json.dumps([name, seeds, seconds, stride, synth, spec.to_dict(), targets], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    cache = work_dir / "data" / f"{name}-{key}.npz"
+    if cache.is_file():
+        return load_npz(cache)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=work_dir))
+    try:
+        data = synthetic_ward(
+            tmp, spec, seeds=seeds, seconds=seconds, stride_seconds=stride, synth_options=synth, targets=targets
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    save_npz(data, cache)
+    return data
+
+
 def _synthetic_splits(opts: dict[str, str], work_dir: Path) -> Splits:
     unknown = set(opts) - set(SYNTHETIC_DEFAULTS)
     if unknown:
@@ -265,8 +311,8 @@ def _synthetic_splits(opts: dict[str, str], work_dir: Path) -> Splits:
     }
 
     def part(name: str, stride: float | None) -> TrainingData:
-        return synthetic_ward(
-            work_dir / name, spec, seeds=seeds[name], seconds=o["seconds"], stride_seconds=stride, synth_options=synth
+        return _cached_synthetic(
+            work_dir, name, spec, seeds=seeds[name], seconds=o["seconds"], stride=stride, synth=synth
         )
 
     train_data = part("train", o["stride"])
@@ -275,13 +321,14 @@ def _synthetic_splits(opts: dict[str, str], work_dir: Path) -> Splits:
     if int(o["pretrain"]) > 0:
         # Event-free videos (disjoint seeds) labelled with the scene's other activity.
         seeds["pretrain"] = list(range(first + 3000, first + 3000 + int(o["pretrain"])))
-        pretrain = synthetic_ward(
-            work_dir / "pretrain",
+        pretrain = _cached_synthetic(
+            work_dir,
+            "pretrain",
             replace(spec, multi_label=True),
             seeds=seeds["pretrain"],
             seconds=o["seconds"],
-            stride_seconds=o["stride"],
-            synth_options={**synth, "events_per_minute": 0.0, "distractors_per_minute": 6.0},
+            stride=o["stride"],
+            synth={**synth, "events_per_minute": 0.0, "distractors_per_minute": 6.0},
             targets="activity",
         )
     return Splits(
@@ -323,7 +370,9 @@ def _atcon_config(config: ExperimentConfig) -> ATCONConfig:
     )
 
 
-def _train_config(config: ExperimentConfig, *, mode: str, seed: int, epochs: int, lr: float) -> FinetuneConfig:
+def _train_config(
+    config: ExperimentConfig, *, mode: str, seed: int, epochs: int, lr: float, finetuning: bool = True
+) -> FinetuneConfig:
     return FinetuneConfig(
         mode=mode,
         epochs=epochs,
@@ -340,6 +389,7 @@ def _train_config(config: ExperimentConfig, *, mode: str, seed: int, epochs: int
         device=config.device,
         progress=config.progress,
         select_initial=mode != "supervised",
+        freeze_batchnorm=config.freeze_bn == "all" or (config.freeze_bn == "finetune" and finetuning),
     )
 
 
@@ -416,6 +466,8 @@ def _baseline_key(config: ExperimentConfig, n: int, seed: int, pretrain: Any = N
         "split": [config.test_fraction, config.val_fraction],
         "version": 1,
     }
+    if config.freeze_bn == "all":  # only then does it change the baseline (older keys stay valid)
+        fields["freeze_bn"] = "all"
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -546,7 +598,9 @@ def run_seed(
             unlabelled=None,
             validation=splits.val,
             spec=splits.spec,
-            config=_train_config(config, mode="supervised", seed=seed, epochs=config.epochs, lr=config.lr),
+            config=_train_config(
+                config, mode="supervised", seed=seed, epochs=config.epochs, lr=config.lr, finetuning=False
+            ),
         )
         base_info = {
             "best_epoch": result.best_epoch,
@@ -859,6 +913,12 @@ def build_parser(prog: str = "wardwatch experiment atcon") -> argparse.ArgumentP
     p.add_argument("--detach-mask", action="store_true", help="ablation: no gradient through the mask")
     p.add_argument("--reflect-padding", action="store_true")
     p.add_argument("--fully-balanced", action="store_true")
+    p.add_argument(
+        "--freeze-bn",
+        default=d.freeze_bn,
+        choices=("none", "finetune", "all"),
+        help="BatchNorm statistics frozen in supervised steps: never, while fine-tuning (default), always",
+    )
     p.add_argument("--control", action="store_true", help="also fine-tune without unlabelled data")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples")

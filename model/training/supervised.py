@@ -443,7 +443,7 @@ DEMO_CLASS_NAMES: tuple[str, ...] = ("bed_exit", "fall", "rhythmic_movement")
 # 80x60 keeps the ward video's 4:3 aspect with limbs still 1-2 px thick. Twice the frames or
 # 96x72 pixels learned no better here and cost 2-3x the CPU time.
 DEMO_INPUT_SPEC = InputSpec(frames=8, sample_fps=4.0, size=(80, 60))
-DEMO_TRAIN_CONFIG = TrainConfig(epochs=36, batch_size=8, lr=2e-3)
+DEMO_TRAIN_CONFIG = TrainConfig(epochs=30, batch_size=16, lr=3e-3)
 DEMO_VALIDATION_SEED_OFFSET = 500  # validation video seed = seed + 500 (never a training seed)
 DEMO_VALIDATION_SECONDS = 180.0
 

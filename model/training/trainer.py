@@ -4,8 +4,9 @@ Schedules (ATCON.md "Training schedule"); ``Ns``/``Nu`` labelled/unlabelled item
 their batch sizes, ``alpha`` the labelled oversampling factor (not a loss weight):
 
 * ``supervised``: BCE-with-logits (multi-label; NaN labels ignored) or cross-entropy
-  (single-label), BatchNorm in train mode; an epoch is ``ceil(alpha * Ns / Bs)`` steps, the same
-  labelled exposure as an alternating epoch, so epochs of both modes are comparable;
+  (single-label), BatchNorm in train mode (unless ``freeze_batchnorm``); an epoch is
+  ``ceil(alpha * Ns / Bs)`` steps, the same labelled exposure as an alternating epoch, so epochs
+  of both modes are comparable;
 * ``unsupervised``: the ATCON loss only, BatchNorm frozen; ``ceil(Nu / Bu)`` steps;
 * ``alternating`` (the paper's main mode): each step is a labelled batch with probability
   ``p = alpha * Ns / (alpha * Ns + Nu)``, otherwise an unlabelled one; an epoch is
@@ -17,7 +18,8 @@ Adam at a constant learning rate. After every epoch the model is scored on the v
 (macro-F1) and the best weights are kept (optionally the starting weights count as "epoch -1",
 so fine-tuning never returns a model worse on validation than its starting point). Stabilisers
 from ATCON.md are options: gradient clipping (``grad_clip``), a separate clip for ATCON steps,
-the detached mask (``atcon.detach_mask``), small ``lambda`` in combined mode, reflect padding.
+the detached mask (``atcon.detach_mask``), small ``lambda`` in combined mode, frozen BatchNorm
+statistics in supervised steps (``freeze_batchnorm``), reflect padding.
 
 Reproducible: ``config.seed`` seeds torch and the numpy generator that draws batches, step kinds
 and augmentations; a resumable state (``{model, optimizer, epoch, step, rng, config, ...}``,
@@ -29,6 +31,7 @@ complete files behind).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -48,7 +51,7 @@ from tqdm.auto import tqdm
 
 from model.device import resolve_device
 from model.inference import frames_to_tensor
-from model.training.atcon import ATCONConfig, ATCONLoss, reflect_padding
+from model.training.atcon import ATCONConfig, ATCONLoss, frozen_batchnorm, reflect_padding
 from model.training.datasets import TrainingData
 from model.training.evaluation import class_targets, predict_probs
 from model.training.metrics import macro_f1, per_class_f1
@@ -99,6 +102,8 @@ class FinetuneConfig:
         augment: flip/shift/colour augmentation of labelled batches (as the supervised recipe).
         augment_unlabelled: the same for unlabelled batches.
         select_initial: the starting weights compete for "best" (scored before the first epoch).
+        freeze_batchnorm: BatchNorm statistics frozen in supervised steps too (a fine-tuning
+            stabiliser for small labelled batches; ATCON steps always freeze them).
         steps_per_epoch: override the computed epoch length.
         seed: seeds torch and the batch/step-kind generator.
         device: ``auto`` / ``cpu`` / ``cuda[:N]``.
@@ -129,6 +134,7 @@ class FinetuneConfig:
     colour: float = 0.05
     shift: float = 0.05
     select_initial: bool = True
+    freeze_batchnorm: bool = False
     steps_per_epoch: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -643,7 +649,9 @@ def _one_step(
         if config.augment:
             x = augment(x, rng, config)
         y = torch.from_numpy(labelled.labels[idx]).to(device)
-        sup = supervised_loss(model(x), y, multi_label=spec.multi_label)
+        with frozen_batchnorm(model) if config.freeze_batchnorm else contextlib.nullcontext():
+            logits = model(x)
+        sup = supervised_loss(logits, y, multi_label=spec.multi_label)
         stats.add("sup_loss", float(sup.detach()))
         total = sup
     if kind in ("unsupervised", "combined"):
@@ -660,7 +668,9 @@ def _one_step(
         weighted = out.loss * (config.atcon_weight if kind == "combined" else 1.0)
         total = weighted if total is None else total + weighted
     assert total is not None
-    total.backward()
+    # Only the weights' gradients: the ATCON input passes made the batch a leaf requiring grad,
+    # and its (unused) gradient would cost another pass through the double-backward graph.
+    total.backward(inputs=[p for p in model.parameters() if p.requires_grad])
     limit = config.atcon_grad_clip if (kind == "unsupervised" and config.atcon_grad_clip) else config.grad_clip
     stats.add(f"grad_norm_{kind}", _step_clip(model, limit))
     optimizer.step()

@@ -154,6 +154,14 @@ def test_batchnorm_statistics_frozen_in_unsupervised_steps_only() -> None:
     model = _fresh()
     train(model, labelled=data, unlabelled=None, validation=None, spec=SPEC, config=_small_config(mode="supervised"))
     assert all(not torch.equal(a, b) for a, b in zip(before, _bn_stats(model), strict=True))
+    # the fine-tuning stabiliser: statistics frozen in supervised steps too, affine weights trained
+    model = _fresh()
+    bn_weight = model.blocks[0].bn.weight.detach().clone()
+    config = _small_config(mode="alternating", freeze_batchnorm=True)
+    train(model, labelled=data, unlabelled=data, validation=None, spec=SPEC, config=config)
+    assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(model), strict=True))
+    assert not torch.equal(bn_weight, model.blocks[0].bn.weight)
+    assert model.blocks[0].bn.training is False  # returned in eval mode, as every result
 
 
 @pytest.mark.parametrize("mode", ["alternating", "combined"])
