@@ -90,7 +90,14 @@ def test_clips_reconnect_gap_and_stop(server):
     assert len(report.gaps) == 1
     gap_start, gap_end = report.gaps[0]
     assert gap_end - gap_start > 0.4  # the outage lasted at least the 0.5 s the server was down
-    assert clips[2].end <= gap_end and clips[3].start >= gap_end  # no clip spans the outage
+    # No clip spans the outage. (Which clip comes first after it depends on how much the socket had
+    # buffered when the server died, so check every clip rather than a fixed index.)
+    eps = 1e-6
+    for c in clips:
+        before = bool(np.all(c.timestamps <= gap_start + eps))
+        after = bool(np.all(c.timestamps >= gap_end - eps))
+        assert before or after, (report.gaps, c.index, list(c.timestamps))
+    assert any(c.start >= gap_end - eps for c in clips) and any(c.timestamps[-1] <= gap_start + eps for c in clips)
     assert any("stream dropped" in e for e in report.errors)
     for c in clips:
         assert c.frames.shape == (2, 24, 32, 3) and c.frames.dtype == np.uint8
