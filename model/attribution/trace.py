@@ -193,6 +193,7 @@ def traced_forward(
     *,
     layer: nn.Module | None = None,
     guided: bool = False,
+    watch_functional_relu: bool = True,
 ) -> Trace:
     """Run ``model(inputs)`` once with the requested instrumentation and return its :class:`Trace`.
 
@@ -202,6 +203,10 @@ def traced_forward(
         layer: a submodule whose output to record (and whose gradient to capture), or ``None``.
         guided: install the Guided Backprop rule on every ``nn.ReLU`` call and refuse
             functional ReLUs.
+        watch_functional_relu: with ``guided``, watch every op for a functional ReLU (the
+            default). A caller that explains the same model over and over (the ATCON trainer)
+            may check once and then switch it off: the watch dispatches every tensor op through
+            Python, ~10% of a small network's training step.
 
     Module hooks exist only while this function runs; they are removed in ``finally`` also when
     the forward raises. The caller runs the backward pass (``torch.autograd.grad``) afterwards.
@@ -209,17 +214,19 @@ def traced_forward(
     trace = Trace(guided=guided)
     handles: list[RemovableHandle] = []
     try:
+        watch = guided and watch_functional_relu
         if guided:
             # Registered before the layer hook: a ReLU that *is* the last op of the layer then
             # counts as inside the layer, not after it.
             for name, module in model.named_modules():
                 if isinstance(module, _GUIDED_MODULES):
-                    handles.append(module.register_forward_pre_hook(trace._relu_pre_hook))
+                    if watch:  # the depth counter only serves the functional-ReLU watch
+                        handles.append(module.register_forward_pre_hook(trace._relu_pre_hook))
                     handles.append(module.register_forward_hook(_bind_name(trace._relu_hook, name)))
         if layer is not None:
             handles.append(layer.register_forward_hook(trace._layer_hook))
         with torch.inference_mode(False), torch.enable_grad():
-            if guided:
+            if watch:
                 with _FunctionalReLUWatch(trace, model):
                     output = model(inputs)
             else:

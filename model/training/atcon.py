@@ -25,11 +25,15 @@ and one backward pass (the recipe of :func:`model.attribution.fused.fused_maps`,
 :func:`fused_cam_and_guided` for why it is repeated here).
 
 Numerical safety (a bug of the released code was a NaN from z-scoring a constant map): the
-z-score divides by ``sqrt(var + (eps_rel * rms)^2)`` (by ~1 for an all-zero map), so an exactly constant map gives 0
-and a constant map whose mean does not round exactly (float residue ~1e-7 of its value) is not
-blown up into order-one noise, as ``(m - mean) / (std + eps)`` would do for maps of any
-magnitude above ``eps``; every correlation/cosine has a floor in its denominator. A constant map,
-an all-zero gradient or an all-zero input give a finite loss and finite gradients.
+z-score divides by ``sqrt(var + (eps_rel * rms)^2)`` (by ~1 for an all-zero map), so an exactly
+constant map gives 0 and a constant map whose mean does not round exactly (float residue ~1e-7
+of its value) is not blown up into order-one noise, as ``(m - mean) / (std + eps)`` would do for
+maps of any magnitude above ``eps``; every correlation/cosine has a floor in its denominator. A
+constant map, an all-zero gradient or an all-zero input give a finite loss and finite gradients.
+
+Memory: every instrumented pass runs inside :func:`traced`, which empties the engine's ``Trace``
+afterwards; otherwise the trace and its tensor hooks form a reference cycle through C++ autograd
+nodes that Python's garbage collector cannot free, and each step would leak its whole graph.
 
 The attribution methods assume batch-independent forward passes (``target_scores`` sums the
 batch), so :class:`ATCONLoss` runs the model with BatchNorm (and Dropout) in eval mode; see
@@ -400,7 +404,14 @@ def _as_tuple(p: object) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def traced(model: nn.Module, x: Tensor, *, layer: nn.Module | None = None, guided: bool = False) -> Iterator[Trace]:
+def traced(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    layer: nn.Module | None = None,
+    guided: bool = False,
+    watch_functional_relu: bool = True,
+) -> Iterator[Trace]:
     """:func:`~model.attribution.trace.traced_forward` whose :class:`Trace` is emptied on exit.
 
     Why: the trace's tensor hooks (bound methods of the trace, stored on autograd nodes in C++)
@@ -411,7 +422,7 @@ def traced(model: nn.Module, x: Tensor, *, layer: nn.Module | None = None, guide
     breaks the cycle. Results computed inside the block are unaffected (they hold their own
     references to what they need).
     """
-    trace = traced_forward(model, x, layer=layer, guided=guided)
+    trace = traced_forward(model, x, layer=layer, guided=guided, watch_functional_relu=watch_functional_relu)
     try:
         yield trace
     finally:
@@ -419,7 +430,13 @@ def traced(model: nn.Module, x: Tensor, *, layer: nn.Module | None = None, guide
 
 
 def fused_cam_and_guided(
-    model: nn.Module, x: Tensor, layer: nn.Module, *, cam_method: GradCAM, per_time_step: bool
+    model: nn.Module,
+    x: Tensor,
+    layer: nn.Module,
+    *,
+    cam_method: GradCAM,
+    per_time_step: bool,
+    watch_functional_relu: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(targets [N], Grad-CAM [N, *S] pre-ReLU, Guided Backprop like x)`` from one forward pass,
     all differentiable (``create_graph=True``).
@@ -429,7 +446,7 @@ def fused_cam_and_guided(
     inside :func:`traced` so that no graph is leaked; ``fused_maps`` itself keeps its trace
     private and cannot be emptied from outside.
     """
-    with traced(model, x, layer=layer, guided=True) as trace:
+    with traced(model, x, layer=layer, guided=True, watch_functional_relu=watch_functional_relu) as trace:
         assert trace.logits is not None
         targets = resolve_targets(None, trace.logits)
         score = target_scores(trace.logits, targets)
@@ -474,6 +491,10 @@ class ATCONLoss:
         self.layer = resolve_layer(model, layer)
         self.config = config or ATCONConfig()
         self._cam = GradCAM(model, self.layer)
+        # The functional-ReLU watch of a guided pass costs ~10% of a small net's step; a
+        # model's code does not change between steps, so one watched pass that succeeded is
+        # proof enough for every later call on this model.
+        self._relus_checked = False
 
     def __call__(self, inputs: Tensor) -> ATCONOutput:
         with unsupervised_mode(self.model), torch.inference_mode(False), torch.enable_grad():
@@ -485,8 +506,14 @@ class ATCONLoss:
         cfg = self.config
         if cfg.fine_method == "guided_backprop":
             targets, cam, guided = fused_cam_and_guided(
-                self.model, x, self.layer, cam_method=self._cam, per_time_step=cfg.per_time_step
+                self.model,
+                x,
+                self.layer,
+                cam_method=self._cam,
+                per_time_step=cfg.per_time_step,
+                watch_functional_relu=not self._relus_checked,
             )
+            self._relus_checked = True
             return targets, cam, reduce_channels(guided)
         targets, cam = self._grad_cam(x, None)
         return targets, cam, self._fine(x, targets)
@@ -506,9 +533,10 @@ class ATCONLoss:
                 x, targets, baselines=None, n_steps=self.config.ig_steps, create_graph=True
             )
             return reduce_channels(attr)
-        with traced(self.model, x, guided=True) as trace:
+        with traced(self.model, x, guided=True, watch_functional_relu=not self._relus_checked) as trace:
             assert trace.logits is not None
             (grad,) = self._cam._gradients(target_scores(trace.logits, targets), [x], create_graph=True)
+        self._relus_checked = True
         return reduce_channels(grad)
 
     def _mask(self, fine: Tensor) -> Tensor:

@@ -46,15 +46,7 @@ from torch import nn
 
 from model.nets import ARCHITECTURES, build_model, is_video_arch
 from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
-from model.training.datasets import (
-    TrainingData,
-    annotated_videos,
-    image_folder,
-    load_npz,
-    save_npz,
-    synthetic_ward,
-    voc,
-)
+from model.training.datasets import TrainingData
 from model.training.evaluation import (
     average_drop_increase,
     bootstrap_macro_f1,
@@ -68,6 +60,8 @@ from model.training.evaluation import (
     per_class_f1,
     predict_probs,
 )
+from model.training.experiment_data import SYNTHETIC_DEFAULTS, Splits, load_splits
+from model.training.experiment_report import jsonable, markdown_table, plot, summarise
 from model.training.trainer import MODES, FinetuneConfig, select_labelled, train
 from model.weights import InputSpec
 
@@ -77,31 +71,13 @@ __all__ = [
     "Splits",
     "build_parser",
     "load_splits",
+    "pretrained_backbone",
     "run_cli",
     "run_experiment",
+    "run_seed",
 ]
 
 logger = logging.getLogger(__name__)
-
-SYNTHETIC_DEFAULTS: dict[str, float] = {
-    "videos": 6,  # training videos (labelled subset + unlabelled pool)
-    "val_videos": 2,
-    "test_videos": 3,
-    "seconds": 60,  # per video
-    "frames": 8,  # frames per clip
-    "fps": 4,  # sampling rate of the clip frames
-    "width": 64,  # model input size
-    "height": 48,
-    "stride": 1.0,  # training clip stride in seconds (val/test clips do not overlap)
-    "events_per_minute": 6,
-    "distractors_per_minute": 2,
-    "video_width": 160,  # generated video size
-    "video_height": 120,
-    "multi_label": 0,  # 0: softmax over none + 3 events (the paper's video setup); 1: sigmoid
-    "seed": 0,  # first video seed
-    "pretrain": 0,  # event-free videos to pretrain the backbone on (distractors, visits); 0 = none
-    "pretrain_epochs": 15,
-}
 
 
 @dataclass
@@ -116,7 +92,7 @@ class ExperimentConfig:
     epochs: int = 30
     lr: float = 1e-3
     finetune_epochs: int = 10
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 1e-5
     mode: str = "alternating"
     alpha: float = 8.0
     atcon_weight: float = 0.1
@@ -144,215 +120,6 @@ class ExperimentConfig:
     progress: bool | None = None
     pretrained: str | None = None
     freeze_bn: str = "finetune"
-
-
-@dataclass
-class Splits:
-    """Train pool / validation / test, one label rule and class list.
-
-    ``pretrain``: optional labelled data of a *different* task on the same domain (no class of
-    the experiment), used to pretrain the backbone every model of the run starts from.
-    """
-
-    train: TrainingData
-    val: TrainingData
-    test: TrainingData
-    spec: InputSpec
-    description: dict[str, Any]
-    pretrain: TrainingData | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def _parse_options(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"expected KEY=VAL, got {part!r}")
-        key, value = part.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _stratified_split(data: TrainingData, test: float, val: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Index arrays (train, val, test) stratified by the argmax class (multi-hot: first positive)."""
-    rng = np.random.default_rng(seed)
-    key = np.nan_to_num(data.labels, nan=0.0).argmax(axis=1)
-    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for c in np.unique(key):
-        items = rng.permutation(np.flatnonzero(key == c))
-        n_test = int(round(test * items.size))
-        n_val = int(round(val * items.size))
-        parts[2].extend(items[:n_test])
-        parts[1].extend(items[n_test : n_test + n_val])
-        parts[0].extend(items[n_test + n_val :])
-    return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
-
-
-def _group_split(data: TrainingData, test: float, val: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Index arrays (train, val, test) keeping every group (recording) in one split."""
-    groups = np.unique(data.groups)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(groups)
-    n_test = max(1, int(round(test * groups.size)))
-    n_val = max(1, int(round(val * groups.size)))
-    test_g, val_g = set(order[:n_test]), set(order[n_test : n_test + n_val])
-    split = np.array([2 if g in test_g else 1 if g in val_g else 0 for g in data.groups])
-    return tuple(np.flatnonzero(split == s) for s in range(3))
-
-
-def load_splits(config: ExperimentConfig, work_dir: Path) -> Splits:
-    """Load ``config.data`` and split it (the split is fixed: it does not depend on the seed)."""
-    kind, _, rest = config.data.partition(":")
-    size = (config.image_size, config.image_size) if config.image_size else None
-    if kind == "synthetic":
-        return _synthetic_splits(_parse_options(rest), work_dir)
-    if kind == "imagefolder":
-        data = image_folder(rest, size=size)
-    elif kind == "voc":
-        data = voc(rest, size=size or (224, 224))
-    elif kind == "csv":
-        path, _, opts_text = rest.partition(",")
-        opts = _parse_options(opts_text)
-        spec = InputSpec(
-            frames=int(opts.get("frames", 8)),
-            sample_fps=float(opts.get("fps", 4)),
-            size=(int(opts.get("width", 64)), int(opts.get("height", 48))),
-            multi_label=bool(int(opts.get("multi_label", 1))),
-        )
-        data = annotated_videos(path, spec, stride_seconds=float(opts["stride"]) if "stride" in opts else None)
-    else:
-        raise ValueError(f"unknown data kind {kind!r}: use imagefolder:PATH, voc:PATH, csv:PATH or synthetic[:K=V,...]")
-    grouped = len(np.unique(data.groups)) < len(data) and len(np.unique(data.groups)) >= 3
-    split = _group_split if grouped else _stratified_split
-    tr, va, te = split(data, config.test_fraction, config.val_fraction, 0)
-    if min(tr.size, va.size, te.size) == 0:
-        raise ValueError(f"{config.data}: too few items to split into train/val/test ({len(data)} items)")
-    spec = data.input_spec()
-    return Splits(
-        train=data.subset(tr),
-        val=data.subset(va),
-        test=data.subset(te),
-        spec=spec,
-        description={
-            "source": data.source,
-            "classes": data.class_names,
-            "multi_label": data.multi_label,
-            "items": {"train": int(tr.size), "val": int(va.size), "test": int(te.size)},
-            "split": "by group" if grouped else "stratified by class",
-            "input": spec.to_dict(),
-        },
-    )
-
-
-def _cached_synthetic(
-    work_dir: Path,
-    name: str,
-    spec: InputSpec,
-    *,
-    seeds: list[int],
-    seconds: float,
-    stride: float | None,
-    synth: dict[str, Any],
-    targets: str = "events",
-) -> TrainingData:
-    """:func:`synthetic_ward` cached as ``.npz`` in ``work_dir`` (keyed by every setting).
-
-    Videos are generated in a private temporary folder, so runs sharing a work folder never read
-    each other's half-written videos; the cache itself is written atomically.
-    """
-    import shutil
-    import tempfile
-
-    key = hashlib.sha256(
-        json.dumps([name, seeds, seconds, stride, synth, spec.to_dict(), targets], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    cache = work_dir / "data" / f"{name}-{key}.npz"
-    if cache.is_file():
-        return load_npz(cache)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=work_dir))
-    try:
-        data = synthetic_ward(
-            tmp, spec, seeds=seeds, seconds=seconds, stride_seconds=stride, synth_options=synth, targets=targets
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    save_npz(data, cache)
-    return data
-
-
-def _synthetic_splits(opts: dict[str, str], work_dir: Path) -> Splits:
-    unknown = set(opts) - set(SYNTHETIC_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown synthetic options {sorted(unknown)}; known: {sorted(SYNTHETIC_DEFAULTS)}")
-    o = {k: float(opts.get(k, v)) for k, v in SYNTHETIC_DEFAULTS.items()}
-    spec = InputSpec(
-        frames=int(o["frames"]),
-        sample_fps=o["fps"],
-        size=(int(o["width"]), int(o["height"])),
-        multi_label=bool(int(o["multi_label"])),
-    )
-    synth = {
-        "events_per_minute": o["events_per_minute"],
-        "distractors_per_minute": o["distractors_per_minute"],
-        "width": int(o["video_width"]),
-        "height": int(o["video_height"]),
-    }
-    first = int(o["seed"])
-    n_train, n_val, n_test = int(o["videos"]), int(o["val_videos"]), int(o["test_videos"])
-    seeds = {
-        "train": list(range(first, first + n_train)),
-        "val": list(range(first + 1000, first + 1000 + n_val)),
-        "test": list(range(first + 2000, first + 2000 + n_test)),
-    }
-
-    def part(name: str, stride: float | None) -> TrainingData:
-        return _cached_synthetic(
-            work_dir, name, spec, seeds=seeds[name], seconds=o["seconds"], stride=stride, synth=synth
-        )
-
-    train_data = part("train", o["stride"])
-    val_data, test_data = part("val", None), part("test", None)
-    pretrain = None
-    if int(o["pretrain"]) > 0:
-        # Event-free videos (disjoint seeds) labelled with the scene's other activity.
-        seeds["pretrain"] = list(range(first + 3000, first + 3000 + int(o["pretrain"])))
-        pretrain = _cached_synthetic(
-            work_dir,
-            "pretrain",
-            replace(spec, multi_label=True),
-            seeds=seeds["pretrain"],
-            seconds=o["seconds"],
-            stride=o["stride"],
-            synth={**synth, "events_per_minute": 0.0, "distractors_per_minute": 6.0},
-            targets="activity",
-        )
-    return Splits(
-        pretrain=pretrain,
-        train=train_data,
-        val=val_data,
-        test=test_data,
-        spec=spec,
-        description={
-            "source": "synthetic ward video",
-            "options": o,
-            "video_seeds": seeds,
-            "classes": train_data.class_names,
-            "multi_label": spec.multi_label,
-            "items": {"train": len(train_data), "val": len(val_data), "test": len(test_data)},
-            "positives": {
-                "train": train_data.positives().tolist(),
-                "val": val_data.positives().tolist(),
-                "test": test_data.positives().tolist(),
-            },
-            "split": "by video",
-            "input": spec.to_dict(),
-        },
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -689,163 +456,6 @@ def _history_row(h: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Aggregation and outputs
-# --------------------------------------------------------------------------------------------
-
-
-def _summarise(rows: list[dict[str, Any]], splits: Splits, config: ExperimentConfig) -> dict[str, Any]:
-    test = splits.test
-    targets = class_targets(test.labels, multi_label=test.multi_label)
-
-    def vals(model: str, key: str) -> list[float]:
-        return [float(r[model][key]) for r in rows if model in r and r[model].get(key) is not None]
-
-    summary: dict[str, Any] = {}
-    for model in ("baseline", "atcon", "control"):
-        f1 = vals(model, "macro_f1")
-        if not f1:
-            continue
-        entry = {
-            "macro_f1_mean": float(np.mean(f1)),
-            "macro_f1_std": float(np.std(f1)),
-            "map_mean": float(np.mean(vals(model, "map"))),
-        }
-        for key in ("miou", "pointing_game", "average_drop_100", "increase_in_confidence_100"):
-            v = [x for x in vals(model, key) if not math.isnan(x)]
-            if v:
-                entry[f"{key}_mean"] = float(np.mean(v))
-        summary[model] = entry
-    arrays = [r["_arrays"] for r in rows]
-    summary["paired_f1"] = paired_bootstrap_macro_f1(
-        [a["baseline"]["probs"] for a in arrays],
-        [a["atcon"]["probs"] for a in arrays],
-        targets,
-        multi_label=test.multi_label,
-        runs=config.bootstrap,
-    )
-    diffs = [r["paired_f1"]["diff"] for r in rows]
-    summary["paired_f1"]["per_seed"] = diffs
-    summary["paired_f1"]["seeds_positive"] = int(sum(d > 0 for d in diffs))
-    summary["atcon_selected_start"] = int(sum(r["atcon"]["best_epoch"] == -1 for r in rows))
-    if all("control" in a for a in arrays):
-        summary["paired_f1_vs_control"] = paired_bootstrap_macro_f1(
-            [a["control"]["probs"] for a in arrays],
-            [a["atcon"]["probs"] for a in arrays],
-            targets,
-            multi_label=test.multi_label,
-            runs=config.bootstrap,
-        )
-    if all("iou" in a["baseline"] for a in arrays):
-        summary["paired_miou"] = paired_bootstrap_mean(
-            [a["baseline"]["iou"] for a in arrays], [a["atcon"]["iou"] for a in arrays], runs=config.bootstrap
-        )
-        summary["paired_pointing"] = paired_bootstrap_mean(
-            [a["baseline"]["pointing"] for a in arrays], [a["atcon"]["pointing"] for a in arrays], runs=config.bootstrap
-        )
-    return summary
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def _signed(v: float | None) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.1f}"
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table (macro-F1 and localisation in points, i.e. x100)."""
-    cfg = results["config"]
-    has_loc = any("paired_miou" in r["summary"] for r in results["runs"])
-    has_ctl = any("control" in r["summary"] for r in results["runs"])
-    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [95% CI]", "seeds Δ>0"]
-    if has_ctl:
-        head += ["control F1", "Δ vs control [CI]"]
-    if has_loc:
-        head += ["mIoU base → ATCON", "Δ mIoU [CI]", "pointing base → ATCON", "Δ pointing [CI]"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in results["runs"]:
-        s = run["summary"]
-        p = s["paired_f1"]
-        cells = [
-            str(run["images_per_class"]),
-            str(len(run["seeds"])),
-            f"{_pct(s['baseline']['macro_f1_mean'])} ± {_pct(s['baseline']['macro_f1_std'])}",
-            f"{_pct(s['atcon']['macro_f1_mean'])} ± {_pct(s['atcon']['macro_f1_std'])}",
-            f"{_signed(p['diff'])} [{_signed(p['low'])}, {_signed(p['high'])}]",
-            f"{p['seeds_positive']}/{len(run['seeds'])}",
-        ]
-        if has_ctl:
-            c = s.get("paired_f1_vs_control", {})
-            cells += [
-                f"{_pct(s.get('control', {}).get('macro_f1_mean'))}",
-                f"{_signed(c.get('diff'))} [{_signed(c.get('low'))}, {_signed(c.get('high'))}]",
-            ]
-        if has_loc:
-            m, q = s.get("paired_miou", {}), s.get("paired_pointing", {})
-            cells += [
-                f"{_pct(m.get('a'))} → {_pct(m.get('b'))}",
-                f"{_signed(m.get('diff'))} [{_signed(m.get('low'))}, {_signed(m.get('high'))}]",
-                f"{_pct(q.get('a'))} → {_pct(q.get('b'))}",
-                f"{_signed(q.get('diff'))} [{_signed(q.get('low'))}, {_signed(q.get('high'))}]",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    note = (
-        f"\n{cfg['arch']} on `{cfg['data']}`; baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
-        f"{cfg['mode']} {cfg['finetune_epochs']} epochs at lr {cfg['finetune_lr']:g}, alpha {cfg['alpha']:g}"
-        + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
-        + f". Values are points (x100), mean ± std over seeds; CIs: paired bootstrap over test items "
-        f"({cfg['bootstrap']} resamples, seeds averaged).\n"
-    )
-    return "\n".join(lines) + "\n" + note
-
-
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """PNG of macro-F1 (mean ± std over seeds) against labelled items per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = sorted(results["runs"], key=lambda r: r["images_per_class"])
-    xs = [r["images_per_class"] for r in runs]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    for key, label, style in (
-        ("baseline", "supervised baseline", "o-"),
-        ("atcon", "ATCON", "s-"),
-        ("control", "control", "^--"),
-    ):
-        if not all(key in r["summary"] for r in runs):
-            continue
-        ys = [100 * r["summary"][key]["macro_f1_mean"] for r in runs]
-        es = [100 * r["summary"][key]["macro_f1_std"] for r in runs]
-        ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.set_xlabel("labelled items per class")
-    ax.set_ylabel("test macro-F1 (points)")
-    ax.set_title(f"{results['config']['arch']} on {results['data']['source']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every N and seed, write JSON / Markdown / PNG, and return the results dict."""
     if config.arch not in ARCHITECTURES:
@@ -854,7 +464,13 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     out = Path(config.out)
     work_dir = Path(config.work_dir) if config.work_dir else out.parent / f".{out.stem}-work"
     work_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(config, work_dir)
+    splits = load_splits(
+        config.data,
+        work_dir,
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
+        val_fraction=config.val_fraction,
+    )
     if splits.train.frame_shape[0] == 1 and is_video_arch(config.arch):
         logger.warning("%s on single images: a 3D net sees one frame per item", config.arch)
     logger.info("data: %s", json.dumps(splits.description))
@@ -862,7 +478,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     runs = []
     for n in config.images_per_class:
         rows = [run_seed(config, splits, n, seed, work_dir, backbone) for seed in range(config.seeds)]
-        runs.append({"images_per_class": n, "seeds": rows, "summary": _summarise(rows, splits, config)})
+        runs.append(
+            {"images_per_class": n, "seeds": rows, "summary": summarise(rows, splits.test, bootstrap=config.bootstrap)}
+        )
     results = {
         "config": asdict(config),
         "data": splits.description,
@@ -870,7 +488,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "seconds": time.perf_counter() - t_start,
         "torch_threads": torch.get_num_threads(),
     }
-    clean = _jsonable(results)
+    clean = jsonable(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(clean, indent=2))
     out.with_suffix(".md").write_text(markdown_table(clean))

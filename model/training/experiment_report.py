@@ -1,0 +1,171 @@
+"""Reporting for the ATCON experiment: per-N summaries, the Markdown table and the plot.
+
+Numbers in, text and PNG out. The JSON written by :mod:`model.training.experiment` holds
+everything the table and plot show (values in [0, 1]; the table prints points, x100).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.training.datasets import TrainingData
+from model.training.evaluation import class_targets, paired_bootstrap_macro_f1, paired_bootstrap_mean
+
+__all__ = ["jsonable", "markdown_table", "plot", "summarise"]
+
+
+def summarise(rows: list[dict[str, Any]], test: TrainingData, *, bootstrap: int = 1000) -> dict[str, Any]:
+    """Per-N summary over seeds: means, the seed-averaged paired bootstraps (ATCON vs baseline,
+    vs control; mIoU and pointing game where regions exist) and how often ATCON kept its start."""
+    targets = class_targets(test.labels, multi_label=test.multi_label)
+
+    def vals(model: str, key: str) -> list[float]:
+        return [float(r[model][key]) for r in rows if model in r and r[model].get(key) is not None]
+
+    summary: dict[str, Any] = {}
+    for model in ("baseline", "atcon", "control"):
+        f1 = vals(model, "macro_f1")
+        if not f1:
+            continue
+        entry = {
+            "macro_f1_mean": float(np.mean(f1)),
+            "macro_f1_std": float(np.std(f1)),
+            "map_mean": float(np.mean(vals(model, "map"))),
+        }
+        for key in ("miou", "pointing_game", "average_drop_100", "increase_in_confidence_100"):
+            v = [x for x in vals(model, key) if not math.isnan(x)]
+            if v:
+                entry[f"{key}_mean"] = float(np.mean(v))
+        summary[model] = entry
+    arrays = [r["_arrays"] for r in rows]
+    summary["paired_f1"] = paired_bootstrap_macro_f1(
+        [a["baseline"]["probs"] for a in arrays],
+        [a["atcon"]["probs"] for a in arrays],
+        targets,
+        multi_label=test.multi_label,
+        runs=bootstrap,
+    )
+    diffs = [r["paired_f1"]["diff"] for r in rows]
+    summary["paired_f1"]["per_seed"] = diffs
+    summary["paired_f1"]["seeds_positive"] = int(sum(d > 0 for d in diffs))
+    summary["atcon_selected_start"] = int(sum(r["atcon"]["best_epoch"] == -1 for r in rows))
+    if all("control" in a for a in arrays):
+        summary["paired_f1_vs_control"] = paired_bootstrap_macro_f1(
+            [a["control"]["probs"] for a in arrays],
+            [a["atcon"]["probs"] for a in arrays],
+            targets,
+            multi_label=test.multi_label,
+            runs=bootstrap,
+        )
+    if all("iou" in a["baseline"] for a in arrays):
+        summary["paired_miou"] = paired_bootstrap_mean(
+            [a["baseline"]["iou"] for a in arrays], [a["atcon"]["iou"] for a in arrays], runs=bootstrap
+        )
+        summary["paired_pointing"] = paired_bootstrap_mean(
+            [a["baseline"]["pointing"] for a in arrays], [a["atcon"]["pointing"] for a in arrays], runs=bootstrap
+        )
+    return summary
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _signed(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.1f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table (macro-F1 and localisation in points, i.e. x100)."""
+    cfg = results["config"]
+    has_loc = any("paired_miou" in r["summary"] for r in results["runs"])
+    has_ctl = any("control" in r["summary"] for r in results["runs"])
+    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [95% CI]", "seeds Δ>0"]
+    if has_ctl:
+        head += ["control F1", "Δ vs control [CI]"]
+    if has_loc:
+        head += ["mIoU base → ATCON", "Δ mIoU [CI]", "pointing base → ATCON", "Δ pointing [CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in results["runs"]:
+        s = run["summary"]
+        p = s["paired_f1"]
+        cells = [
+            str(run["images_per_class"]),
+            str(len(run["seeds"])),
+            f"{_pct(s['baseline']['macro_f1_mean'])} ± {_pct(s['baseline']['macro_f1_std'])}",
+            f"{_pct(s['atcon']['macro_f1_mean'])} ± {_pct(s['atcon']['macro_f1_std'])}",
+            f"{_signed(p['diff'])} [{_signed(p['low'])}, {_signed(p['high'])}]",
+            f"{p['seeds_positive']}/{len(run['seeds'])}",
+        ]
+        if has_ctl:
+            c = s.get("paired_f1_vs_control", {})
+            cells += [
+                f"{_pct(s.get('control', {}).get('macro_f1_mean'))}",
+                f"{_signed(c.get('diff'))} [{_signed(c.get('low'))}, {_signed(c.get('high'))}]",
+            ]
+        if has_loc:
+            m, q = s.get("paired_miou", {}), s.get("paired_pointing", {})
+            cells += [
+                f"{_pct(m.get('a'))} → {_pct(m.get('b'))}",
+                f"{_signed(m.get('diff'))} [{_signed(m.get('low'))}, {_signed(m.get('high'))}]",
+                f"{_pct(q.get('a'))} → {_pct(q.get('b'))}",
+                f"{_signed(q.get('diff'))} [{_signed(q.get('low'))}, {_signed(q.get('high'))}]",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        f"\n{cfg['arch']} on `{cfg['data']}`; baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
+        f"{cfg['mode']} {cfg['finetune_epochs']} epochs at lr {cfg['finetune_lr']:g}, alpha {cfg['alpha']:g}"
+        + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
+        + f". Values are points (x100), mean ± std over seeds; CIs: paired bootstrap over test items "
+        f"({cfg['bootstrap']} resamples, seeds averaged).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """PNG of macro-F1 (mean ± std over seeds) against labelled items per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(results["runs"], key=lambda r: r["images_per_class"])
+    xs = [r["images_per_class"] for r in runs]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for key, label, style in (
+        ("baseline", "supervised baseline", "o-"),
+        ("atcon", "ATCON", "s-"),
+        ("control", "control", "^--"),
+    ):
+        if not all(key in r["summary"] for r in runs):
+            continue
+        ys = [100 * r["summary"][key]["macro_f1_mean"] for r in runs]
+        es = [100 * r["summary"][key]["macro_f1_std"] for r in runs]
+        ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("labelled items per class")
+    ax.set_ylabel("test macro-F1 (points)")
+    ax.set_title(f"{results['config']['arch']} on {results['data']['source']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
