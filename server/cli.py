@@ -109,10 +109,23 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPERIMENTS = ("atcon",)
+
+
 def _experiment(args: argparse.Namespace) -> int:
+    """``wardwatch experiment NAME [options]``: NAME picks the experiment, the rest is its own CLI."""
+    rest = list(args.rest)
+    if not rest or rest[0] in ("-h", "--help"):
+        print(f"usage: wardwatch experiment {{{','.join(EXPERIMENTS)}}} [options]   "
+              "(wardwatch experiment atcon --help for its options)")
+        return 0 if rest else 2
+    name, options = rest[0], rest[1:]
+    if name not in EXPERIMENTS:
+        print(f"error: unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}", file=sys.stderr)
+        return 2
     from model.training.experiment import run_cli
 
-    return run_cli(args.rest)
+    return run_cli(options)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -156,9 +156,12 @@ def paired_bootstrap_macro_f1(
     training seed, all scored on the same test items): the statistic is then the mean over
     seeds of the per-seed difference, and each bootstrap resample applies the same items to
     every seed (so the interval reflects test-set sampling; the seed spread is reported apart).
-    Returns ``{"a", "b", "diff", "low", "high", "p_le_zero"}`` where ``a``/``b`` are the
-    (seed-averaged) macro-F1 values, ``low``/``high`` the percentile interval of the
-    difference and ``p_le_zero`` the fraction of resamples with a difference <= 0.
+    Returns ``{"a", "b", "diff", "low", "high", "p_le_zero", "seeds_low", "seeds_high",
+    "seeds_p_le_zero"}`` where ``a``/``b`` are the (seed-averaged) macro-F1 values,
+    ``low``/``high`` the percentile interval of the difference over test items and
+    ``p_le_zero`` the fraction of resamples with a difference <= 0. The ``seeds_*`` entries come
+    from a two-level bootstrap that also resamples the training seeds (:func:`_seed_resample`):
+    with several seeds it is the honest interval when one lucky seed carries the mean.
     """
     list_a = [probs_a] if isinstance(probs_a, np.ndarray) else list(probs_a)
     list_b = [probs_b] if isinstance(probs_b, np.ndarray) else list(probs_b)
@@ -170,18 +173,20 @@ def paired_bootstrap_macro_f1(
     rng = np.random.default_rng(seed)
     weights = _resample_counts(n, runs, rng) if n else np.zeros((runs, 0))
     point_w = np.ones((1, n))
-    diffs = np.zeros(runs)
+    per_seed = np.zeros((len(list_a), runs))  # [S, R]: each seed's difference under each resample
     a_vals, b_vals = [], []
-    for pa, pb in zip(list_a, list_b, strict=True):
+    for s, (pa, pb) in enumerate(zip(list_a, list_b, strict=True)):
         pred_a = predictions(pa, multi_label=multi_label)
         pred_b = predictions(pb, multi_label=multi_label)
         a_vals.append(float(_macro_f1_weighted(pred_a, target, point_w)[0]))
         b_vals.append(float(_macro_f1_weighted(pred_b, target, point_w)[0]))
-        diffs += _macro_f1_weighted(pred_b, target, weights) - _macro_f1_weighted(pred_a, target, weights)
-    diffs /= len(list_a)
+        per_seed[s] = _macro_f1_weighted(pred_b, target, weights) - _macro_f1_weighted(pred_a, target, weights)
+    diffs = per_seed.mean(axis=0)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha]) if runs else (np.nan, np.nan)
     a, b = float(np.mean(a_vals)), float(np.mean(b_vals))
+    two_level = _seed_resample(per_seed, rng)
+    s_low, s_high = np.quantile(two_level, [alpha, 1.0 - alpha]) if two_level.size else (np.nan, np.nan)
     return {
         "a": a,
         "b": b,
@@ -189,7 +194,34 @@ def paired_bootstrap_macro_f1(
         "low": float(low),
         "high": float(high),
         "p_le_zero": float(np.mean(diffs <= 0)) if runs else float("nan"),
+        "seeds_low": float(s_low),
+        "seeds_high": float(s_high),
+        "seeds_p_le_zero": float(np.mean(two_level <= 0)) if two_level.size else float("nan"),
     }
+
+
+def _seed_resample(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two-level bootstrap: ``[S, R]`` per-seed statistics under item resample r -> ``[R]``.
+
+    Resample r also draws S training seeds with replacement and averages their statistics under
+    that same item resample, so the interval covers both sources of chance: which test items
+    were drawn and which training run (labelled subset, initialisation) a seed happened to give.
+    With one seed it equals the item-level bootstrap. NaN entries (a seed with no usable item in
+    a resample) are left out of the average.
+    """
+    s, runs = per_seed.shape
+    if s == 1:
+        vals = per_seed[0]
+        return vals[np.isfinite(vals)]
+    if s == 0 or runs == 0:
+        return np.zeros(0)
+    counts = _resample_counts(s, runs, rng)  # [R, S]
+    vals = per_seed.T  # [R, S]
+    finite = np.isfinite(vals)
+    w = counts * finite
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (w * np.where(finite, vals, 0.0)).sum(axis=1) / w.sum(axis=1)
+    return out[np.isfinite(out)]
 
 
 def bootstrap_mean(
@@ -224,7 +256,9 @@ def paired_bootstrap_mean(
     over items where both models predict a true class. ``a``/``b`` are ``[N]`` arrays or equal
     lists of them (one per training seed, same N test items): the statistic is the mean over
     seeds of each seed's mean difference, and each resample draws the same items for every
-    seed. Returns ``{"a", "b", "diff", "low", "high", "n"}`` (``n`` = item/seed pairs used).
+    seed. Returns ``{"a", "b", "diff", "low", "high", "seeds_low", "seeds_high", "n"}`` (``n`` =
+    item/seed pairs used; ``seeds_*``: the two-level interval that also resamples seeds, as in
+    :func:`paired_bootstrap_macro_f1`).
     """
     list_a = [a] if isinstance(a, np.ndarray) else list(a)
     list_b = [b] if isinstance(b, np.ndarray) else list(b)
@@ -238,29 +272,36 @@ def paired_bootstrap_mean(
         return {"a": nan, "b": nan, "diff": nan, "low": nan, "high": nan, "n": 0}
     da, db = np.where(both, xa, 0.0), np.where(both, xb, 0.0)
 
-    def seed_means(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # w: [R, N] item weights -> per resample the mean over seeds of per-seed means: [R] each
+    def per_seed_means(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # w: [R, N] item weights -> each seed's mean under each resample: [R, S] each
         cnt = w @ both.T.astype(np.float64)  # [R, S]
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (w @ da.T) / cnt, (w @ db.T) / cnt
+
+    def over_seeds(m: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a resample may miss every usable item
-            ma = (w @ da.T) / cnt
-            mb = (w @ db.T) / cnt
-            return np.nanmean(ma, axis=1), np.nanmean(mb, axis=1)
+            return np.nanmean(m, axis=1)
 
     n = xa.shape[1]
-    pa, pb = seed_means(np.ones((1, n)))
+    pa, pb = per_seed_means(np.ones((1, n)))
     rng = np.random.default_rng(seed)
-    ra, rb = seed_means(_resample_counts(n, runs, rng))
-    diffs = rb - ra
+    ra, rb = per_seed_means(_resample_counts(n, runs, rng))
+    diffs = over_seeds(rb) - over_seeds(ra)
     diffs = diffs[np.isfinite(diffs)]
+    two_level = _seed_resample((rb - ra).T, rng)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha]) if diffs.size else (nan, nan)
+    s_low, s_high = np.quantile(two_level, [alpha, 1.0 - alpha]) if two_level.size else (nan, nan)
+    a_mean, b_mean = float(over_seeds(pa)[0]), float(over_seeds(pb)[0])
     return {
-        "a": float(pa[0]),
-        "b": float(pb[0]),
-        "diff": float(pb[0] - pa[0]),
+        "a": a_mean,
+        "b": b_mean,
+        "diff": b_mean - a_mean,
         "low": float(low),
         "high": float(high),
+        "seeds_low": float(s_low),
+        "seeds_high": float(s_high),
         "n": int(both.sum()),
     }
 

@@ -575,13 +575,16 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     for run in results["runs"]:
         p = run["summary"]["paired_f1"]
         logger.info(
-            "N=%d: baseline %.1f, ATCON %.1f, diff %+.1f [%+.1f, %+.1f] macro-F1 points",
+            "N=%d: baseline %.1f, ATCON %.1f, diff %+.1f macro-F1 points, 95%% CI [%+.1f, %+.1f] over "
+            "test items, [%+.1f, %+.1f] over seeds and items",
             run["images_per_class"],
             100 * run["summary"]["baseline"]["macro_f1_mean"],
             100 * run["summary"]["atcon"]["macro_f1_mean"],
             100 * p["diff"],
             100 * p["low"],
             100 * p["high"],
+            100 * (p["seeds_low"] if p["seeds_low"] is not None else float("nan")),
+            100 * (p["seeds_high"] if p["seeds_high"] is not None else float("nan")),
         )
     return 0
 

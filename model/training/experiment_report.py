@@ -84,7 +84,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     has_loc = any("paired_miou" in r["summary"] for r in results["runs"])
     has_ctl = any("control" in r["summary"] for r in results["runs"])
-    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [95% CI]", "seeds Δ>0"]
+    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [CI items]", "[CI seeds × items]", "seeds Δ>0"]
     if has_ctl:
         head += ["control F1", "Δ vs control [CI]"]
     if has_loc:
@@ -99,29 +99,32 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"{_pct(s['baseline']['macro_f1_mean'])} ± {_pct(s['baseline']['macro_f1_std'])}",
             f"{_pct(s['atcon']['macro_f1_mean'])} ± {_pct(s['atcon']['macro_f1_std'])}",
             f"{_signed(p['diff'])} [{_signed(p['low'])}, {_signed(p['high'])}]",
+            f"[{_signed(p.get('seeds_low'))}, {_signed(p.get('seeds_high'))}]",
             f"{p['seeds_positive']}/{len(run['seeds'])}",
         ]
         if has_ctl:
             c = s.get("paired_f1_vs_control", {})
             cells += [
                 f"{_pct(s.get('control', {}).get('macro_f1_mean'))}",
-                f"{_signed(c.get('diff'))} [{_signed(c.get('low'))}, {_signed(c.get('high'))}]",
+                f"{_signed(c.get('diff'))} [{_signed(c.get('seeds_low'))}, {_signed(c.get('seeds_high'))}]",
             ]
         if has_loc:
             m, q = s.get("paired_miou", {}), s.get("paired_pointing", {})
             cells += [
                 f"{_pct(m.get('a'))} → {_pct(m.get('b'))}",
-                f"{_signed(m.get('diff'))} [{_signed(m.get('low'))}, {_signed(m.get('high'))}]",
+                f"{_signed(m.get('diff'))} [{_signed(m.get('seeds_low'))}, {_signed(m.get('seeds_high'))}]",
                 f"{_pct(q.get('a'))} → {_pct(q.get('b'))}",
-                f"{_signed(q.get('diff'))} [{_signed(q.get('low'))}, {_signed(q.get('high'))}]",
+                f"{_signed(q.get('diff'))} [{_signed(q.get('seeds_low'))}, {_signed(q.get('seeds_high'))}]",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         f"\n{cfg['arch']} on `{cfg['data']}`; baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
         f"{cfg['mode']} {cfg['finetune_epochs']} epochs at lr {cfg['finetune_lr']:g}, alpha {cfg['alpha']:g}"
         + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
-        + f". Values are points (x100), mean ± std over seeds; CIs: paired bootstrap over test items "
-        f"({cfg['bootstrap']} resamples, seeds averaged).\n"
+        + f". Values are points (x100), mean ± std over seeds. 95% CIs of the paired difference "
+        f"({cfg['bootstrap']} bootstrap resamples): 'items' resamples the test items with the seeds fixed; "
+        "'seeds × items' also resamples the training seeds, so one lucky seed cannot carry it "
+        "(control, mIoU and pointing columns show the seeds × items interval).\n"
     )
     return "\n".join(lines) + "\n" + note
 

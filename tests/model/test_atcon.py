@@ -265,3 +265,49 @@ def test_fused_pass_matches_the_engine_and_leaks_no_graph(image_model: nn.Module
         del out
     gc.collect()
     assert sum(type(o) is Trace for o in gc.get_objects()) == before
+
+
+class _FunctionalReLUNet(nn.Module):
+    """A net whose second non-linearity is ``F.relu``: Guided Backprop cannot see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("resolution_match", RESOLUTION_MATCHES)
+def test_functional_relu_is_refused_not_silently_unguided(resolution_match: str) -> None:
+    """The loss checks the model on its first guided pass (later passes skip the costly watch).
+
+    (Integrated Gradients uses plain gradients, so it has no such restriction.)
+    """
+    from model.attribution import FunctionalReLUError
+
+    model = _FunctionalReLUNet()
+    loss = ATCONLoss(model, layer=model.conv2, config=ATCONConfig(resolution_match=resolution_match))
+    with pytest.raises(FunctionalReLUError, match="outside an nn.ReLU module"):
+        loss(torch.randn(2, 3, 8, 8))
+
+
+def test_the_relu_watch_runs_once_per_loss(image_model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.attribution import trace as trace_module
+
+    calls: list[bool] = []
+    original = trace_module.traced_forward
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(bool(kwargs.get("guided")) and bool(kwargs.get("watch_functional_relu", True)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("model.training.atcon.traced_forward", spy)
+    loss = ATCONLoss(image_model)
+    for _ in range(3):
+        loss(torch.randn(2, 3, 16, 16)).loss.backward()
+    assert sum(calls) == 1 and len(calls) == 6

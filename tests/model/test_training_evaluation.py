@@ -44,13 +44,19 @@ def test_average_precision_by_hand() -> None:
     np.testing.assert_allclose(average_precision(np.log(scores), targets), average_precision(scores, targets))
 
 
-def test_paired_bootstrap_of_macro_f1() -> None:
-    rng = np.random.default_rng(0)
-    targets = rng.integers(0, 3, 300)
+def _good_and_noisy(n: int, flip: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(targets [n], perfect probs, probs with a fraction ``flip`` of items misclassified)``, 3 classes."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 3, n)
     good = np.eye(3)[targets] * 0.8 + 0.1
     noisy = good.copy()
-    flip = rng.random(300) < 0.3
-    noisy[flip] = np.eye(3)[(targets[flip] + 1) % 3] * 0.8 + 0.1
+    flipped = rng.random(n) < flip
+    noisy[flipped] = np.eye(3)[(targets[flipped] + 1) % 3] * 0.8 + 0.1
+    return targets, good, noisy
+
+
+def test_paired_bootstrap_of_macro_f1() -> None:
+    targets, good, noisy = _good_and_noisy(300, 0.3, seed=0)
     same = paired_bootstrap_macro_f1(noisy, noisy, targets, multi_label=False, runs=200)
     assert same["diff"] == 0 and same["low"] == 0 and same["high"] == 0
     better = paired_bootstrap_macro_f1(noisy, good, targets, multi_label=False, runs=200)
@@ -59,6 +65,21 @@ def test_paired_bootstrap_of_macro_f1() -> None:
     # several seeds: the statistic is the mean of the per-seed differences
     multi = paired_bootstrap_macro_f1([noisy, good], [good, good], targets, multi_label=False, runs=100)
     assert multi["diff"] == pytest.approx(better["diff"] / 2)
+
+
+def test_two_level_bootstrap_does_not_let_one_lucky_seed_carry_the_mean() -> None:
+    """Four seeds with no change and one with a large gain: over test items alone the mean gain
+    looks certain; resampling the seeds too puts zero inside the interval."""
+    targets, good, noisy = _good_and_noisy(400, 0.4, seed=1)
+    res = paired_bootstrap_macro_f1([noisy] * 5, [noisy] * 4 + [good], targets, multi_label=False, runs=400)
+    assert res["low"] > 0.05  # items only: "significant"
+    assert res["seeds_low"] <= 0.0 < res["diff"] < res["seeds_high"]
+    assert 0.1 < res["seeds_p_le_zero"] < 0.5  # P(no lucky seed drawn among 5) = (4/5)^5 = 0.33
+    single = paired_bootstrap_macro_f1(noisy, good, targets, multi_label=False, runs=200)
+    assert single["seeds_low"] == single["low"] and single["seeds_high"] == single["high"]
+    m = paired_bootstrap_mean([np.zeros(50)] * 4 + [np.zeros(50)], [np.zeros(50)] * 4 + [np.ones(50)], runs=300)
+    assert m["diff"] == pytest.approx(0.2) and m["low"] == pytest.approx(0.2)
+    assert m["seeds_low"] == 0.0 and m["seeds_high"] > 0.2
 
 
 def test_bootstrap_means() -> None:

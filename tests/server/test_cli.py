@@ -78,3 +78,25 @@ def test_ingest_a_stream_url(tmp_path: Path, capsys, ward_video) -> None:  # typ
     summary = json.loads(capsys.readouterr().out)
     assert summary["clips"] >= 15  # the whole 36 s file arrived as a stream
     assert summary["events"] and summary["errors"]  # the stream ended: reconnect gave up, said so
+
+
+def test_experiment_atcon_as_the_readme_spells_it(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`wardwatch experiment atcon ...` (the experiment's name first) runs the ATCON experiment."""
+    import torch
+
+    from model.training.toy_data import write_shapes_dataset
+
+    threads = torch.get_num_threads()
+    write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=10, size=16, seed=0)
+    out = tmp_path / "r.json"
+    try:
+        code = main(["experiment", "atcon", "--data", f"imagefolder:{tmp_path / 'shapes'}", "--arch", "tiny2d",
+                     "--images-per-class", "1", "--seeds", "1", "--epochs", "1", "--finetune-epochs", "1",
+                     "--bootstrap", "20", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["arch"] == "tiny2d" and results["runs"][0]["images_per_class"] == 1
+    assert main(["experiment", "nonesuch"]) == 2
+    assert "unknown experiment 'nonesuch'" in capsys.readouterr().err

@@ -18,6 +18,11 @@ from tests.conftest import REDIS_URL, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
+ADMIN_TOKEN = "distributed-s3cret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TINY_FINETUNE = {"epochs": 1, "batch_size": 4, "unlabelled_batch_size": 4, "alpha": 2, "lr": 1e-4,
+                 "eval_batch_size": 8}
+
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
@@ -44,6 +49,7 @@ def stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
         "WARDWATCH_BROKER_URL": broker,
         "WARDWATCH_AUTO_MIGRATE": "false",
         "WARDWATCH_DEVICE": "cpu",
+        "WARDWATCH_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     migrate = subprocess.run([sys.executable, "-m", "server.cli", "db", "upgrade"], env=env, capture_output=True,
                              text=True, timeout=120)
@@ -97,3 +103,47 @@ def test_recording_through_api_and_celery_worker(stack, ward_video) -> None:  # 
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
     job = httpx.get(f"{base}/api/v1/jobs/1").json()
     assert job["status"] == "succeeded" and job["progress"] == 1.0
+
+    _finetune_through_the_training_queue(base, logs, recording_id, events["data"])
+
+
+def _wait_job(base: str, job_id: int, logs: Path, done: tuple[str, ...], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{base}/api/v1/jobs/{job_id}").json()
+        if job["status"] in done:
+            return job
+        assert time.monotonic() < deadline, (logs / "worker.log").read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def _finetune_through_the_training_queue(base: str, logs: Path, recording_id: int, events: list[dict]) -> None:
+    """An admin's fine-tune job runs in the worker process (Celery `training` queue), gives a candidate
+    model, and a second job cancelled while it runs there stops without leaving a model behind."""
+    assert len(events) >= 2
+    for event, decision in zip(events[:2], ("confirmed", "rejected"), strict=True):
+        reviewed = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision})
+        assert reviewed.status_code == 200, reviewed.text
+    refused = httpx.post(f"{base}/api/v1/finetune-jobs", json={"hyperparameters": TINY_FINETUNE})
+    assert refused.status_code == 401
+    answer = httpx.post(f"{base}/api/v1/finetune-jobs", json={"hyperparameters": TINY_FINETUNE}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    job = _wait_job(base, answer.json()["id"], logs, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job["error"]
+    assert "wardwatch.finetune" in (logs / "worker.log").read_text()  # run by the worker, not the API
+    models = {m["id"]: m for m in httpx.get(f"{base}/api/v1/models").json()}
+    candidate = models[job["result"]["model_version_id"]]
+    assert candidate["state"] == "candidate" and "comparison" in candidate["metrics"]
+
+    slow = httpx.post(f"{base}/api/v1/finetune-jobs", json={"hyperparameters": TINY_FINETUNE | {"epochs": 500}},
+                      headers=ADMIN).json()
+    _wait_job(base, slow["id"], logs, ("running",), timeout=120)
+    assert httpx.post(f"{base}/api/v1/jobs/{slow['id']}/cancel", headers=ADMIN).status_code == 200
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base}/api/v1/jobs/{slow['id']}").json()["error"] is None:  # set once the worker stopped
+        assert time.monotonic() < deadline, (logs / "worker.log").read_text()[-3000:]
+        time.sleep(0.5)
+    stopped = httpx.get(f"{base}/api/v1/jobs/{slow['id']}").json()
+    assert stopped["status"] == "cancelled" and stopped["error"] == "cancelled by an administrator"
+    assert len(httpx.get(f"{base}/api/v1/models").json()) == len(models)
+    assert not list((logs / "data" / "models").glob(f"finetune-{slow['id']}*"))
