@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from model.nets import ARCHITECTURES, build_model, is_video_arch
 from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
@@ -62,7 +63,7 @@ from model.training.evaluation import (
 )
 from model.training.experiment_data import SYNTHETIC_DEFAULTS, Splits, load_splits
 from model.training.experiment_report import jsonable, markdown_table, plot, summarise
-from model.training.trainer import MODES, FinetuneConfig, select_labelled, train
+from model.training.trainer import MODES, FinetuneConfig, select_labelled, show_progress, train
 from model.weights import InputSpec
 
 __all__ = [
@@ -120,6 +121,7 @@ class ExperimentConfig:
     progress: bool | None = None
     pretrained: str | None = None
     freeze_bn: str = "finetune"
+    tensorboard_dir: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,8 +140,17 @@ def _atcon_config(config: ExperimentConfig) -> ATCONConfig:
 
 
 def _train_config(
-    config: ExperimentConfig, *, mode: str, seed: int, epochs: int, lr: float, finetuning: bool = True
+    config: ExperimentConfig,
+    *,
+    mode: str,
+    seed: int,
+    epochs: int,
+    lr: float,
+    finetuning: bool = True,
+    run_name: str | None = None,
 ) -> FinetuneConfig:
+    """The trainer's settings for one model of a run (``run_name``: its TensorBoard sub-folder)."""
+    tensorboard = str(Path(config.tensorboard_dir) / run_name) if config.tensorboard_dir and run_name else None
     return FinetuneConfig(
         mode=mode,
         epochs=epochs,
@@ -157,6 +168,7 @@ def _train_config(
         progress=config.progress,
         select_initial=mode != "supervised",
         freeze_batchnorm=config.freeze_bn == "all" or (config.freeze_bn == "finetune" and finetuning),
+        tensorboard_dir=tensorboard,
     )
 
 
@@ -366,7 +378,13 @@ def run_seed(
             validation=splits.val,
             spec=splits.spec,
             config=_train_config(
-                config, mode="supervised", seed=seed, epochs=config.epochs, lr=config.lr, finetuning=False
+                config,
+                mode="supervised",
+                seed=seed,
+                epochs=config.epochs,
+                lr=config.lr,
+                finetuning=False,
+                run_name=f"n{n}-seed{seed}-baseline",
             ),
         )
         base_info = {
@@ -394,7 +412,14 @@ def run_seed(
         unlabelled=unlabelled,
         validation=splits.val,
         spec=splits.spec,
-        config=_train_config(config, mode=config.mode, seed=seed, epochs=config.finetune_epochs, lr=config.finetune_lr),
+        config=_train_config(
+            config,
+            mode=config.mode,
+            seed=seed,
+            epochs=config.finetune_epochs,
+            lr=config.finetune_lr,
+            run_name=f"n{n}-seed{seed}-atcon",
+        ),
     )
     at_metrics, at_arrays = _evaluate(model, splits, config, seed=seed)
     row["atcon"] = {
@@ -411,7 +436,14 @@ def run_seed(
     if config.control:
         model = _new_model(config, k, seed)
         model.load_state_dict(base_state)
-        cfg = _train_config(config, mode="supervised", seed=seed, epochs=config.finetune_epochs, lr=config.finetune_lr)
+        cfg = _train_config(
+            config,
+            mode="supervised",
+            seed=seed,
+            epochs=config.finetune_epochs,
+            lr=config.finetune_lr,
+            run_name=f"n{n}-seed{seed}-control",
+        )
         cfg.select_initial = True
         ctl = train(model, labelled=labelled, unlabelled=None, validation=splits.val, spec=splits.spec, config=cfg)
         ctl_metrics, ctl_arrays = _evaluate(model, splits, config, seed=seed)
@@ -456,6 +488,74 @@ def _history_row(h: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Settings that do not change what a (N, seed) run computes: left out of its cache key, so a run
+# can be extended (more seeds, another N) or re-reported without training anything again.
+_NOT_IN_RUN_KEY = frozenset(
+    {"images_per_class", "seeds", "out", "work_dir", "cache_baselines", "progress", "tensorboard_dir", "device"}
+)
+_RUN_FORMAT = 1
+
+
+def _run_key(config: ExperimentConfig, n: int, seed: int) -> str:
+    fields = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_RUN_KEY}
+    blob = json.dumps({"config": fields, "n": n, "seed": seed, "format": _RUN_FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_run(path: Path) -> dict[str, Any] | None:
+    """A finished (N, seed) row and its per-item arrays, or None when absent or unreadable."""
+    arrays_path = path.with_suffix(".npz")
+    if not (path.is_file() and arrays_path.is_file()):
+        return None
+    try:
+        row = json.loads(path.read_text())
+        with np.load(arrays_path) as npz:
+            arrays: dict[str, dict[str, np.ndarray]] = {}
+            for name in npz.files:
+                model_name, _, key = name.partition("/")
+                arrays.setdefault(model_name, {})[key] = npz[name]
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring unreadable cached run %s: %s", path, err)
+        return None
+    row["_arrays"] = arrays
+    return row
+
+
+def _save_run(path: Path, row: dict[str, Any]) -> None:
+    """Write the row (JSON) and its arrays (npz), each atomically: arrays first, so a row file
+    never exists without its arrays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {f"{m}/{k}": v for m, d in row["_arrays"].items() for k, v in d.items()}
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp, **flat)
+    os.replace(tmp, path.with_suffix(".npz"))
+    tmp_json = path.with_name(f".{path.stem}.{os.getpid()}.json")
+    tmp_json.write_text(json.dumps(jsonable(row)))
+    os.replace(tmp_json, path)
+
+
+def _cached_run_seed(
+    config: ExperimentConfig,
+    splits: Splits,
+    n: int,
+    seed: int,
+    work_dir: Path,
+    backbone: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """:func:`run_seed`, kept in ``work_dir/runs`` so an interrupted experiment resumes where it
+    stopped and more seeds extend a finished one (``--no-cache`` recomputes)."""
+    path = work_dir / "runs" / f"{_run_key(config, n, seed)}.json"
+    if config.cache_baselines:
+        cached = _load_run(path)
+        if cached is not None:
+            logger.info("N=%d seed=%d: finished run from cache %s", n, seed, path)
+            return cached
+    row = run_seed(config, splits, n, seed, work_dir, backbone)
+    if config.cache_baselines:
+        _save_run(path, row)
+    return row
+
+
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every N and seed, write JSON / Markdown / PNG, and return the results dict."""
     if config.arch not in ARCHITECTURES:
@@ -476,11 +576,19 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     logger.info("data: %s", json.dumps(splits.description))
     backbone = pretrained_backbone(config, splits, work_dir)
     runs = []
-    for n in config.images_per_class:
-        rows = [run_seed(config, splits, n, seed, work_dir, backbone) for seed in range(config.seeds)]
-        runs.append(
-            {"images_per_class": n, "seeds": rows, "summary": summarise(rows, splits.test, bootstrap=config.bootstrap)}
-        )
+    plan = [(n, seed) for n in config.images_per_class for seed in range(config.seeds)]
+    bar = tqdm(total=len(plan), desc="experiment runs (N, seed)", disable=not show_progress(config.progress))
+    try:
+        for n in config.images_per_class:
+            rows = []
+            for seed in range(config.seeds):
+                bar.set_postfix(n=n, seed=seed)
+                rows.append(_cached_run_seed(config, splits, n, seed, work_dir, backbone))
+                bar.update()
+            summary = summarise(rows, splits.test, bootstrap=config.bootstrap)
+            runs.append({"images_per_class": n, "seeds": rows, "summary": summary})
+    finally:
+        bar.close()
     results = {
         "config": asdict(config),
         "data": splits.description,
@@ -544,11 +652,14 @@ def build_parser(prog: str = "wardwatch experiment atcon") -> argparse.ArgumentP
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--work-dir", default=None, help="generated data and cached baselines")
-    p.add_argument("--no-cache", dest="cache_baselines", action="store_false")
+    p.add_argument(
+        "--no-cache", dest="cache_baselines", action="store_false", help="recompute cached baselines and runs"
+    )
     p.add_argument(
         "--pretrained", default=None, help="initialise every model from these weights (checkpoint or state dict)"
     )
-    p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bars")
+    p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bars (default: on a terminal)")
+    p.add_argument("--tensorboard", dest="tensorboard_dir", default=None, help="write TensorBoard scalars here")
     return p
 
 

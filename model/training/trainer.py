@@ -67,6 +67,7 @@ __all__ = [
     "augment",
     "epoch_plan",
     "select_labelled",
+    "show_progress",
     "supervised_loss",
     "train",
 ]
@@ -357,7 +358,8 @@ def supervised_loss(logits: Tensor, labels: Tensor, *, multi_label: bool) -> Ten
 # --------------------------------------------------------------------------------------------
 
 
-def _show_progress(progress: bool | None) -> bool:
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw tqdm bars: as asked, or by default only when stderr is a terminal."""
     return bool(progress) if progress is not None else sys.stderr.isatty()
 
 
@@ -506,7 +508,7 @@ def train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(config.tensorboard_dir)
-    show = _show_progress(config.progress)
+    show = show_progress(config.progress)
     last_val: float | None = history[-1].get("val_macro_f1") if history else initial_f1
     try:
         for epoch in range(first_epoch, config.epochs):

@@ -157,3 +157,27 @@ def test_pretrained_weights_initialise_every_model(tmp_path: Path) -> None:
     write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=6, size=16)
     args = ["--data", f"imagefolder:{tmp_path / 'shapes'}", "--out", str(tmp_path / "r.json"), *FAST]
     assert run_cli([*args, "--pretrained", str(tmp_path / "bad.pt")]) == 2
+
+
+def test_finished_runs_are_kept_so_more_seeds_only_train_the_new_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=10, size=16, seed=3)
+    data = f"imagefolder:{tmp_path / 'shapes'}"
+    first = _run(tmp_path, data, "--images-per-class", "1", "--tensorboard", str(tmp_path / "tb"))
+    assert list((tmp_path / "tb").glob("n1-seed0-atcon/events.out.tfevents.*"))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="model.training.experiment"):
+        more = _run(tmp_path, data, "--images-per-class", "1", "--seeds", "3")
+    cached = [r.getMessage() for r in caplog.records if "finished run from cache" in r.getMessage()]
+    assert len(cached) == 2  # seeds 0 and 1 from the first run; seed 2 trained now
+    assert [r["seed"] for r in more["runs"][0]["seeds"]] == [0, 1, 2]
+    for old, new in zip(first["runs"][0]["seeds"], more["runs"][0]["seeds"], strict=False):
+        assert new["atcon"]["macro_f1"] == old["atcon"]["macro_f1"]
+        assert new["paired_f1"] == old["paired_f1"]
+    # another ATCON setting is another run: nothing reused but the baselines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="model.training.experiment"):
+        _run(tmp_path, data, "--images-per-class", "1", "--finetune-lr", "3e-5")
+    assert not [r for r in caplog.records if "finished run from cache" in r.getMessage()]
+    assert [r for r in caplog.records if "baseline from cache" in r.getMessage()]
