@@ -8,7 +8,8 @@ N samples, C colour channels, T frames, K classes; images ``[N, C, H, W]``, clip
 
 Default configuration (``resolution_match="mask"``), for each unlabelled input ``x``:
 
-1. ``c = argmax f(x)``, the model's own top-1 class (no label);
+1. ``c = argmax f(x)``, the model's own top-1 class (no label; optionally among the classes not
+   in ``ignore_classes``, e.g. a background class);
 2. ``cam(x) = sum_k w_k A_k`` with ``w = mean_{h,w} dy_c/dA`` (Grad-CAM, Selvaraju et al. 2017,
    eq. 1-2, *without* ReLU or upsampling; one weight vector per time step for clips);
 3. ``g = sum_channels |GB(x)|``, Guided Backprop (Springenberg et al. 2015) of ``y_c``;
@@ -71,6 +72,7 @@ __all__ = [
     "safe_zscore",
     "soft_mask",
     "ssim_similarity",
+    "top_class",
     "traced",
     "unsupervised_mode",
 ]
@@ -113,6 +115,11 @@ class ATCONConfig:
         detach_mask: ablation: no gradient through the mask (first-order in the mask path).
         per_time_step: clips: one Grad-CAM weight vector per time step (ATCON's video variant).
         ig_steps: quadrature points for ``integrated_gradients``.
+        ignore_classes: class indices never explained; each input's target is its top class
+            among the others. Our addition for single-label data with a background class
+            (Wardwatch's ``none`` clips, most of continuous video): the Grad-CAM of "nothing is
+            happening" has no object to point at, so asking it to agree with Guided Backprop
+            only adds noise. Default ``()``: ATCON.md's plain top-1 class.
     """
 
     resolution_match: str = "mask"
@@ -123,8 +130,10 @@ class ATCONConfig:
     detach_mask: bool = False
     per_time_step: bool = True
     ig_steps: int = 4
+    ignore_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore_classes", tuple(int(c) for c in self.ignore_classes))
         for name, allowed in (
             ("resolution_match", RESOLUTION_MATCHES),
             ("similarity", SIMILARITIES),
@@ -136,6 +145,24 @@ class ATCONConfig:
             raise ValueError("mask_intensity must be > 0")
         if self.ig_steps < 1:
             raise ValueError("ig_steps must be >= 1")
+        if any(c < 0 for c in self.ignore_classes):
+            raise ValueError("ignore_classes must hold class indices >= 0")
+
+
+def top_class(logits: Tensor, ignore_classes: tuple[int, ...] = ()) -> Tensor:
+    """``int64 [N]``: each row's argmax over the classes not in ``ignore_classes`` (no label used).
+
+    Raises ``ValueError`` when every class would be ignored.
+    """
+    scores = logits.detach()
+    if ignore_classes:
+        k = scores.shape[1]
+        keep = torch.ones(k, dtype=torch.bool, device=scores.device)
+        keep[[c for c in ignore_classes if c < k]] = False
+        if not bool(keep.any()):
+            raise ValueError(f"ignore_classes {ignore_classes} leaves none of the {k} classes to explain")
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return scores.argmax(dim=1)
 
 
 @dataclass
@@ -437,6 +464,7 @@ def fused_cam_and_guided(
     cam_method: GradCAM,
     per_time_step: bool,
     watch_functional_relu: bool = True,
+    ignore_classes: tuple[int, ...] = (),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(targets [N], Grad-CAM [N, *S] pre-ReLU, Guided Backprop like x)`` from one forward pass,
     all differentiable (``create_graph=True``).
@@ -448,7 +476,7 @@ def fused_cam_and_guided(
     """
     with traced(model, x, layer=layer, guided=True, watch_functional_relu=watch_functional_relu) as trace:
         assert trace.logits is not None
-        targets = resolve_targets(None, trace.logits)
+        targets = top_class(trace.logits, ignore_classes)
         score = target_scores(trace.logits, targets)
         if trace.relus_after_layer:  # the guided rule would alter dS/dA: plain pass first
             assert trace.activations is not None
@@ -512,6 +540,7 @@ class ATCONLoss:
                 cam_method=self._cam,
                 per_time_step=cfg.per_time_step,
                 watch_functional_relu=not self._relus_checked,
+                ignore_classes=cfg.ignore_classes,
             )
             self._relus_checked = True
             return targets, cam, reduce_channels(guided)
@@ -522,7 +551,10 @@ class ATCONLoss:
         """Grad-CAM at the layer's resolution, no ReLU, graph kept: ``(targets, cam [N, *S])``."""
         with traced(self.model, x, layer=self.layer, guided=False) as trace:
             assert trace.logits is not None
-            targets = resolve_targets(target, trace.logits)
+            if target is None:
+                targets = top_class(trace.logits, self.config.ignore_classes)
+            else:
+                targets = resolve_targets(target, trace.logits)
             self._cam.layer_gradient(trace, targets, create_graph=True)
             return targets, self._cam.layer_map(trace, x, per_time_step=self.config.per_time_step)
 

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from model.nets import ARCHITECTURES, build_model, is_video_arch
 from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
-from model.training.datasets import TrainingData
+from model.training.datasets import BACKGROUND, TrainingData
 from model.training.evaluation import (
     average_drop_increase,
     bootstrap_macro_f1,
@@ -122,6 +122,7 @@ class ExperimentConfig:
     pretrained: str | None = None
     freeze_bn: str = "finetune"
     tensorboard_dir: str | None = None
+    ignore_background: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,13 +130,15 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _atcon_config(config: ExperimentConfig) -> ATCONConfig:
+def _atcon_config(config: ExperimentConfig, class_names: Sequence[str] = ()) -> ATCONConfig:
+    ignore = (list(class_names).index(BACKGROUND),) if config.ignore_background and BACKGROUND in class_names else ()
     return ATCONConfig(
         resolution_match=config.resolution_match,
         similarity=config.similarity,
         fine_method=config.fine_method,
         mask_intensity=config.mask_intensity,
         detach_mask=config.detach_mask,
+        ignore_classes=ignore,
     )
 
 
@@ -148,6 +151,7 @@ def _train_config(
     lr: float,
     finetuning: bool = True,
     run_name: str | None = None,
+    class_names: Sequence[str] = (),
 ) -> FinetuneConfig:
     """The trainer's settings for one model of a run (``run_name``: its TensorBoard sub-folder)."""
     tensorboard = str(Path(config.tensorboard_dir) / run_name) if config.tensorboard_dir and run_name else None
@@ -162,7 +166,7 @@ def _train_config(
         atcon_weight=config.atcon_weight,
         grad_clip=config.grad_clip,
         atcon_grad_clip=config.atcon_grad_clip,
-        atcon=_atcon_config(config),
+        atcon=_atcon_config(config, class_names),
         seed=seed,
         device=config.device,
         progress=config.progress,
@@ -419,6 +423,7 @@ def run_seed(
             epochs=config.finetune_epochs,
             lr=config.finetune_lr,
             run_name=f"n{n}-seed{seed}-atcon",
+            class_names=pool.class_names,
         ),
     )
     at_metrics, at_arrays = _evaluate(model, splits, config, seed=seed)
@@ -638,6 +643,11 @@ def build_parser(prog: str = "wardwatch experiment atcon") -> argparse.ArgumentP
     p.add_argument("--mask-intensity", type=float, default=d.mask_intensity)
     p.add_argument("--detach-mask", action="store_true", help="ablation: no gradient through the mask")
     p.add_argument("--reflect-padding", action="store_true")
+    p.add_argument(
+        "--ignore-background",
+        action="store_true",
+        help=f"single-label data: the ATCON loss explains the top class other than {BACKGROUND!r}",
+    )
     p.add_argument("--fully-balanced", action="store_true")
     p.add_argument(
         "--freeze-bn",

@@ -100,6 +100,26 @@ def test_targets_are_the_models_own_top_class(image_model: nn.Module) -> None:
     assert torch.equal(out.targets, expected)
 
 
+@pytest.mark.parametrize("resolution_match", RESOLUTION_MATCHES)
+def test_an_ignored_background_class_is_never_explained(image_model: nn.Module, resolution_match: str) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(16, 3, 24, 24)
+    image_model.eval()
+    with torch.no_grad():
+        logits = image_model(x)
+    image_model.train()
+    background = int(logits.argmax(dim=1).mode().values)  # the class most inputs are predicted as
+    config = ATCONConfig(resolution_match=resolution_match, ignore_classes=(background,))
+    out = ATCONLoss(image_model, config=config)(x)
+    runner_up = logits.clone()
+    runner_up[:, background] = float("-inf")
+    assert torch.equal(out.targets, runner_up.argmax(dim=1)) and not (out.targets == background).any()
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="leaves none"):
+        ATCONLoss(image_model, config=ATCONConfig(ignore_classes=(0, 1, 2)))(x)
+    assert ATCONConfig(ignore_classes=[1]).ignore_classes == (1,)  # JSON lists come back as tuples
+
+
 def test_batched_loss_equals_per_sample_loss(image_model: nn.Module) -> None:
     """One batched pass must give each sample the value it gets alone (no coupling, no loop)."""
     torch.manual_seed(2)
