@@ -18,7 +18,7 @@ from server.db.base import utcnow
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, ModelState, ModelVersion
 from server.pipeline import WorkerContext
-from server.services.models import register_checkpoint
+from server.services.models import get_active_model, register_checkpoint
 from server.training_data import build_finetune_data
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
             _finish(ctx, job_id, JobStatus.failed, error=f"model version {params['base_model_id']} not found")
             return
         base_path, base_id = base.checkpoint_path, base.id
+        active = get_active_model(session=session)
+        # The admin may fine-tune an older version: compare the candidate with what serves today as well.
+        others = {"active": active.checkpoint_path} if active is not None and active.id != base_id else None
+        active_id = active.id if active is not None else None
     out_path = candidate_path(ctx.settings.data_dir, job_id)
     link = _JobLink(ctx, job_id)
     try:
@@ -91,8 +95,10 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
             validation=data.validation or None, mode=params["mode"],
             hyperparameters=params.get("hyperparameters", {}), on_progress=link.progress,
             should_cancel=link.should_cancel, device=ctx.settings.device,
-            work_dir=ctx.settings.data_dir / "jobs" / str(job_id),
+            work_dir=ctx.settings.data_dir / "jobs" / str(job_id), also_compare=others,
         )
+        if "others" in result.comparison:
+            result.comparison["others"]["active"]["model_version_id"] = active_id
     except TrainingCancelled:
         out_path.unlink(missing_ok=True)
         _finish(ctx, job_id, JobStatus.cancelled, error="cancelled by an administrator")

@@ -107,6 +107,7 @@ def finetune(
     should_cancel: Callable[[], bool] | None = None,
     device: str = "auto",
     work_dir: str | os.PathLike[str] | None = None,
+    also_compare: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a Wardwatch checkpoint with ATCON (or supervised / combined) and save a candidate.
 
@@ -128,6 +129,9 @@ def finetune(
         device: ``auto`` / ``cpu`` / ``cuda``.
         work_dir: if given, a resumable training state is kept there (``train_state.pt``) and a
             restarted job with the same arguments continues from the last completed epoch.
+        also_compare: more checkpoints (name -> path, e.g. ``{"active": ...}`` when the server's
+            active model is not the base) scored on the same validation clips; each lands in
+            ``comparison["others"][name]``, or its reason when its classes or input differ.
 
     Returns:
         :class:`FinetuneResult` (path, sha256, metrics, comparison, history).
@@ -198,6 +202,11 @@ def finetune(
             "candidate": candidate_scores,
             "diff_macro_f1": candidate_scores["macro_f1"] - base_scores["macro_f1"],
         }
+        if also_compare:
+            comparison["others"] = {
+                name: _score_other(path, val, names, spec, config, device, candidate_scores["macro_f1"])
+                for name, path in also_compare.items()
+            }
     for key in ("checkpoint_path", "tensorboard_dir"):  # machine-local paths do not belong in a model file
         metrics["finetune"]["hyperparameters"].pop(key, None)
     sha = save_checkpoint(
@@ -206,3 +215,20 @@ def finetune(
     return FinetuneResult(
         path=str(out_path), sha256=sha, metrics=metrics, comparison=comparison, history=result.history
     )
+
+
+def _score_other(
+    path: str | os.PathLike[str],
+    val: TrainingData,
+    names: Sequence[str],
+    spec: InputSpec,
+    config: FinetuneConfig,
+    device: str,
+    candidate_f1: float,
+) -> dict[str, Any]:
+    """Scores of another checkpoint on the candidate's validation clips (same classes and input only)."""
+    other = load_checkpoint(path, device=device)
+    if list(other.class_names) != list(names) or other.input_spec != spec:
+        return {"comparable": False, "reason": "different class names or input spec than the base"}
+    scores = score(other.model, val, spec, batch_size=config.eval_batch_size)
+    return {"comparable": True, **scores, "diff_macro_f1": candidate_f1 - scores["macro_f1"]}

@@ -76,10 +76,23 @@ def test_finetune_candidate_activate_rollback(tmp_path: Path, db_url: str, ward_
         newer = client.get("/api/v1/events", params={"recording": second["id"]}).json()["data"]
         assert all(e["model_version_id"] == candidate["id"] for e in newer)
 
+        # fine-tuning an older version: the candidate is compared with the base *and* with what is active
+        older = client.post("/api/v1/finetune-jobs", json={"hyperparameters": TINY, "base_model_id": base["id"]},
+                            headers=TOKEN).json()
+        wait_for_tasks(client, timeout=600)
+        older = client.get(f"/api/v1/jobs/{older['id']}").json()
+        assert older["status"] == "succeeded", older["error"]
+        active_side = older["result"]["comparison"]["others"]["active"]
+        assert active_side["model_version_id"] == candidate["id"] and active_side["comparable"] is True
+        assert abs(older["result"]["comparison"]["candidate"]["macro_f1"] - active_side["macro_f1"]
+                   - active_side["diff_macro_f1"]) < 1e-6
+        client.post(f"/api/v1/models/{older['result']['model_version_id']}/activate", headers=TOKEN)
+
         rolled_back = client.post(f"/api/v1/models/{base['id']}/activate", headers=TOKEN).json()
         assert rolled_back["state"] == "active"
         states = {m["id"]: m["state"] for m in client.get("/api/v1/models").json()}
-        assert states == {base["id"]: "active", candidate["id"]: "retired"}
+        assert states == {base["id"]: "active", candidate["id"]: "retired",
+                          older["result"]["model_version_id"]: "retired"}
         assert client.post("/api/v1/models/999/activate", headers=TOKEN).status_code == 404
 
 

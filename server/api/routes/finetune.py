@@ -26,7 +26,8 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: A
     """Queue ATCON fine-tuning of a model version on the reviewed and unlabelled clips (training queue).
 
     Poll ``GET /jobs/{id}`` for progress; the result is a ``candidate`` model version with its metrics and a
-    side-by-side comparison with its base on the same validation clips.
+    side-by-side comparison with its base on the same validation clips (and with the active model, when the
+    base is an older version).
     """
     base = session.get(ModelVersion, body.base_model_id) if body.base_model_id else get_active_model(session=session)
     if base is None:
