@@ -1,10 +1,16 @@
 // Thin client for the Wardwatch REST API. Errors carry the server's {"detail": ...} message.
+// Admin calls take the admin token; without one no Authorization header is sent (development mode is open).
 const BASE = "/api/v1";
 
-async function request(path, options = {}) {
+async function request(path, { token, headers, ...options } = {}) {
   const response = await fetch(BASE + path, {
-    headers: { "Content-Type": "application/json", Accept: "application/json" },
     ...options,
+    headers: {
+      "Content-Type": "application/json",
+      Accept: "application/json",
+      ...(token ? { Authorization: `Bearer ${token}` } : {}),
+      ...headers,
+    },
   });
   if (!response.ok) {
     let detail = response.statusText;
@@ -24,4 +30,10 @@ export const api = {
   event: (id) => request(`/events/${id}`),
   explanations: (id) => request(`/events/${id}/explanations`),
   review: (id, body) => request(`/events/${id}/review`, { method: "POST", body: JSON.stringify(body) }),
+  jobs: (params) => request("/jobs?" + new URLSearchParams(params)),
+  job: (id) => request(`/jobs/${id}`),
+  // admin
+  activate: (id, token) => request(`/models/${id}/activate`, { method: "POST", token }),
+  startFinetune: (body, token) => request("/finetune-jobs", { method: "POST", body: JSON.stringify(body), token }),
+  cancelJob: (id, token) => request(`/jobs/${id}/cancel`, { method: "POST", token }),
 };

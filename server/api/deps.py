@@ -17,6 +17,13 @@ def _settings(request: Request) -> Settings:
 
 
 def _session(request: Request) -> Iterator[Session]:
+    """One unit of work per request, committed when the route returns.
+
+    Used with ``scope="function"`` (below): the commit runs *before* the response is sent, so a
+    client that reads right after a write (an admin activating a model, a clinician's review)
+    never sees the old state, and a failed commit becomes an error response instead of a 200
+    for a change that was lost.
+    """
     session: Session = request.app.state.session_factory()
     try:
         yield session
@@ -37,6 +44,6 @@ def _dispatcher(request: Request) -> Dispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-SessionDep = Annotated[Session, Depends(_session)]
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(_session_factory)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]

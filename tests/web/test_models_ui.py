@@ -1,0 +1,230 @@
+"""The admin page in real Chromium: model versions, an ATCON fine-tune started and watched from the page, the
+candidate compared with its base and activated, a rollback; refused admin calls show the server's reason."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from playwright.sync_api import Page, expect, sync_playwright
+
+from server.main import create_app
+from server.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.browser
+CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("WARDWATCH_TEST_ARTIFACTS", "/tmp/wardwatch-test-artifacts"))
+TOKEN = "s3cret"
+TINY_EXTRA = {"batch_size": 4, "unlabelled_batch_size": 4, "alpha": 2, "eval_batch_size": 8}
+FINISHED = re.compile(r"^(succeeded|failed|cancelled)$")
+COMPARISON = re.compile(r"base (\d+\.\d) → candidate (\d+\.\d) \(([+-]\d+\.\d)\)")
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, ward_video) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A scored recording with one confirmed and one rejected event, so a fine-tune has reviewed clips."""
+    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", admin_token=TOKEN))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    while not server.started:
+        time.sleep(0.05)
+    with ward_video.video.open("rb") as handle:
+        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60).json()
+    app.state.dispatcher.wait(timeout=240)
+    assert httpx.get(f"{base}/api/v1/recordings/{recording['id']}").json()["status"] == "scored"
+    events = httpx.get(f"{base}/api/v1/events", params={"recording": recording["id"]}).json()["data"]
+    assert len(events) >= 2
+    for event, decision in zip(events, ("confirmed", "rejected"), strict=False):
+        answer = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision})
+        assert answer.status_code == 200, answer.text
+    yield base
+    with contextlib.suppress(Exception):
+        app.state.dispatcher.wait(timeout=120)  # no training thread outlives the test
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                  "--no-first-run", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def _finetune_jobs(base: str) -> list[dict]:
+    return httpx.get(f"{base}/api/v1/jobs", params={"kind": "finetune"}).json()["data"]
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10) -> None:
+    """The API answers before its transaction commits: a read straight after a write may still be old."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the API never showed the change"
+        time.sleep(0.1)
+
+
+def _models(base: str) -> dict[int, dict]:
+    return {m["id"]: m for m in httpx.get(f"{base}/api/v1/models").json()}
+
+
+@pytest.mark.timeout(900)  # scoring the recording plus one tiny fine-tune on a busy CPU
+def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page) -> None:
+    (active,) = [m for m in _models(live_server).values() if m["state"] == "active"]
+    page.goto(live_server)
+    expect(page.get_by_role("link", name="Models & fine-tuning")).to_have_attribute("href", "models.html")
+    page.goto(f"{live_server}/models.html")
+    expect(page.get_by_role("link", name="← Event review")).to_have_attribute("href", "index.html")
+
+    active_row = page.locator(f"#model-{active['id']}")
+    expect(active_row).to_contain_text(active["name"])
+    expect(active_row).to_contain_text(active["architecture"])
+    expect(active_row.locator(".state-badge")).to_have_text("active")
+    expect(active_row.get_by_role("button")).to_have_count(0)  # nothing to activate on the active version
+    expect(page.locator(".model-row")).to_have_count(1)
+    expect(page.locator("#jobs-count")).to_have_text("No fine-tune jobs yet.")
+    expect(page.get_by_label("Base model")).to_have_value(str(active["id"]))
+    expect(page.get_by_label("Mode", exact=True)).to_have_value("alternating")
+    expect(page.get_by_label("Epochs")).to_have_value("5")
+    expect(page.get_by_label("Learning rate")).to_have_value("1e-5")
+
+    # invalid JSON: an inline message next to the field, nothing is sent
+    page.get_by_label("Epochs").fill("1")
+    page.get_by_label("Learning rate").fill("1e-4")
+    extra = page.locator("#ft-extra")
+    extra.fill('{"batch_size": 4,')
+    page.click("#ft-submit")
+    expect(page.locator("#ft-extra-error")).to_contain_text("not valid JSON")
+    expect(extra).to_have_attribute("aria-invalid", "true")
+    assert _finetune_jobs(live_server) == []
+
+    # without the token the server refuses, and the page says why
+    extra.fill(json.dumps(TINY_EXTRA))
+    page.click("#ft-submit")
+    status = page.locator("#finetune-status")
+    expect(status).to_contain_text("401: admin token required")
+    expect(page.locator("#ft-extra-error")).to_have_text("")
+    assert _finetune_jobs(live_server) == []
+
+    # with the token, an unknown hyper-parameter is refused with the server's 422 detail
+    page.get_by_label("Admin token").fill(TOKEN)
+    extra.fill(json.dumps({**TINY_EXTRA, "epochz": 1}))
+    page.click("#ft-submit")
+    expect(status).to_contain_text("422")
+    expect(status).to_contain_text("epochz")
+    assert _finetune_jobs(live_server) == []
+
+    # a real (tiny) fine-tune, plus a second job queued behind it and cancelled from the page
+    extra.fill(json.dumps(TINY_EXTRA))
+    page.click("#ft-submit")
+    expect(status).to_contain_text("queued")
+    (job,) = _finetune_jobs(live_server)
+    assert job["params"]["hyperparameters"] == {**TINY_EXTRA, "epochs": 1, "lr": 1e-4}
+    assert job["params"]["mode"] == "alternating" and job["params"]["base_model_id"] == active["id"]
+    item = page.locator(f'#job-list .job[data-id="{job["id"]}"]')
+    expect(item).to_contain_text(f"Job {job['id']}")
+    expect(item.locator("progress")).to_be_visible()
+
+    page.click("#ft-submit")
+    expect(page.locator("#job-list .job")).to_have_count(2)
+    second = max(j["id"] for j in _finetune_jobs(live_server))
+    second_item = page.locator(f'#job-list .job[data-id="{second}"]')
+    expect(page.locator("#job-list .job").first).to_have_attribute("data-id", str(second))  # newest first
+    second_item.get_by_role("button", name=f"Cancel job {second}").click()
+    expect(second_item).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#jobs-status")).to_have_text(f"Job {second} cancelled.")
+    expect(second_item.get_by_role("button", name=f"Cancel job {second}")).to_be_hidden()
+
+    expect(item).to_have_attribute("data-status", FINISHED, timeout=300_000)
+    assert item.get_attribute("data-status") == "succeeded", item.inner_text()
+    expect(item.locator(".job-status")).to_have_text("succeeded")
+    expect(item.locator(".job-metrics")).to_contain_text("epoch 1/1")
+    expect(item.locator(".job-metrics")).to_contain_text("loss")
+    expect(item.locator("progress")).to_have_js_property("value", 1)
+    expect(item.get_by_role("button", name=f"Cancel job {job['id']}")).to_be_hidden()
+
+    done = httpx.get(f"{live_server}/api/v1/jobs/{job['id']}").json()
+    candidate_id = done["result"]["model_version_id"]
+    candidate = _models(live_server)[candidate_id]
+    assert candidate["state"] == "candidate" and candidate["parent_id"] == active["id"]
+    expect(item.get_by_role("link", name=f"candidate {candidate['name']}")).to_have_attribute(
+        "href", f"#model-{candidate_id}")
+
+    # the models table was refreshed: the new candidate is highlighted with its side-by-side comparison
+    row = page.locator(f"#model-{candidate_id}")
+    expect(row).to_have_class(re.compile(r"\bhighlight\b"))
+    expect(row.locator(".state-badge")).to_have_text("candidate")
+    expect(row).to_contain_text(f"fine-tuned from {active['name']}")
+    comparison = candidate["metrics"]["comparison"]
+    text = row.locator(".comparison-base").inner_text()
+    found = COMPARISON.fullmatch(text)
+    assert found, text
+    for shown, value in zip(found.groups(), (comparison["base"]["macro_f1"], comparison["candidate"]["macro_f1"],
+                                             comparison["diff_macro_f1"]), strict=True):
+        assert abs(float(shown) - 100 * value) <= 0.051, (text, comparison)
+    val_f1 = candidate["metrics"]["val_macro_f1"]
+    assert abs(float(row.locator(".val-f1").inner_text()) - 100 * val_f1) <= 0.051
+    expect(page.locator(".model-row")).to_have_count(2)
+
+    # activating needs the token too; the page shows the refusal, then promotes the candidate
+    activate = row.get_by_role("button", name=f"Activate {candidate['name']}")
+    page.get_by_label("Admin token").fill("")
+    activate.click()
+    models_status = page.locator("#models-status")
+    expect(models_status).to_contain_text("401: admin token required")
+    assert _models(live_server)[candidate_id]["state"] == "candidate"
+    page.get_by_label("Admin token").fill(TOKEN)
+    activate.click()
+    expect(row.locator(".state-badge")).to_have_text("active")
+    expect(models_status).to_contain_text(f"Activated {candidate['name']} ({active['name']} retired)")
+    expect(active_row.locator(".state-badge")).to_have_text("retired")
+    expect(active_row.get_by_role("button")).to_have_text("Roll back to this")
+    _eventually(lambda: _models(live_server)[candidate_id]["state"] == "active")
+    assert _models(live_server)[active["id"]]["state"] == "retired"
+
+    # fine-tuning the now retired original: its candidate is compared with the base and with the active model
+    page.get_by_label("Base model").select_option(str(active["id"]))
+    page.click("#ft-submit")
+    expect(page.locator("#job-list .job")).to_have_count(3)
+    third = page.locator("#job-list .job").first
+    expect(third).to_have_attribute("data-status", FINISHED, timeout=300_000)
+    assert third.get_attribute("data-status") == "succeeded", third.inner_text()
+    newest = httpx.get(f"{live_server}/api/v1/jobs/{third.get_attribute('data-id')}").json()
+    assert newest["params"]["base_model_id"] == active["id"]
+    other = page.locator(f"#model-{newest['result']['model_version_id']}")
+    expect(other).to_have_class(re.compile(r"\bhighlight\b"))
+    expect(row).not_to_have_class(re.compile(r"\bhighlight\b"))
+    expect(other.locator(".comparison-base")).to_have_text(COMPARISON)
+    expect(other.locator(".comparison-active")).to_have_text(re.compile(
+        r"^active \d+\.\d → candidate \d+\.\d \([+-]\d+\.\d\)$"))
+    expect(other.locator(".comparison-active")).to_have_attribute("title", f"active when trained: {candidate['name']}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
+    # the token lives in sessionStorage: it survives a reload; rolling back restores the original version
+    page.reload()
+    expect(page.get_by_label("Admin token")).to_have_value(TOKEN)
+    active_row.get_by_role("button", name=f"Roll back to {active['name']}").click()
+    expect(active_row.locator(".state-badge")).to_have_text("active")
+    expect(models_status).to_contain_text(f"Rolled back to {active['name']}")
+    expect(row.locator(".state-badge")).to_have_text("retired")
+    _eventually(lambda: _models(live_server)[active["id"]]["state"] == "active")
