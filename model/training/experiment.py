@@ -452,7 +452,13 @@ def run_seed(
         cfg.select_initial = True
         ctl = train(model, labelled=labelled, unlabelled=None, validation=splits.val, spec=splits.spec, config=cfg)
         ctl_metrics, ctl_arrays = _evaluate(model, splits, config, seed=seed)
-        row["control"] = {"best_epoch": ctl.best_epoch, "val_macro_f1": ctl.best_val_macro_f1, **ctl_metrics}
+        row["control"] = {
+            "best_epoch": ctl.best_epoch,
+            "val_macro_f1": ctl.best_val_macro_f1,
+            "start_val_macro_f1": ctl.initial_val_macro_f1,
+            **ctl_metrics,
+            "history": [_history_row(h) for h in ctl.history],
+        }
         arrays["control"] = ctl_arrays
 
     targets = class_targets(splits.test.labels, multi_label=splits.test.multi_label)
