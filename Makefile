@@ -34,6 +34,7 @@ test: install sysdeps lint
 bench: install sysdeps
 	$(BIN)/python benchmarks/attribution.py
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) wardwatch-demo .pytest_cache .ruff_cache

@@ -130,7 +130,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    """PNG of macro-F1 (mean ± std over seeds) against labelled items per class."""
+    """PNG: macro-F1 (mean ± std over seeds) against labelled items per class, and beside it the
+    paired differences (ATCON - baseline, ATCON - control) with their seeds × items 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,28 +139,48 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     runs = sorted(results["runs"], key=lambda r: r["images_per_class"])
     xs = [r["images_per_class"] for r in runs]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(9.5, 3.8), dpi=120)
     for key, label, style in (
         ("baseline", "supervised baseline", "o-"),
         ("atcon", "ATCON", "s-"),
-        ("control", "control", "^--"),
+        ("control", "control (same labelled steps, no ATCON)", "^--"),
     ):
         if not all(key in r["summary"] for r in runs):
             continue
         ys = [100 * r["summary"][key]["macro_f1_mean"] for r in runs]
         es = [100 * r["summary"][key]["macro_f1_std"] for r in runs]
         ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.set_xlabel("labelled items per class")
     ax.set_ylabel("test macro-F1 (points)")
-    ax.set_title(f"{results['config']['arch']} on {results['data']['source']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title(f"{results['config']['arch']} on {results['data']['source']}: mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    for key, label, style, shift in (
+        ("paired_f1", "ATCON - baseline", "s-", 0.97),
+        ("paired_f1_vs_control", "ATCON - control", "^--", 1.03),
+    ):
+        if not all(key in r["summary"] for r in runs):
+            continue
+        diffs = [100 * r["summary"][key]["diff"] for r in runs]
+        low = [100 * _or_nan(r["summary"][key].get("seeds_low")) for r in runs]
+        high = [100 * _or_nan(r["summary"][key].get("seeds_high")) for r in runs]
+        err = [[d - lo for d, lo in zip(diffs, low, strict=True)], [hi - d for d, hi in zip(diffs, high, strict=True)]]
+        dx.errorbar([x * shift for x in xs], diffs, yerr=err, fmt=style, capsize=3, label=label)
+    dx.axhline(0.0, color="grey", lw=0.8)
+    dx.set_ylabel("Δ macro-F1 (points)")
+    dx.set_title("paired differences, 95% CI over seeds × test items", fontsize=9)
+    dx.legend(fontsize=7)
+    for a in (ax, dx):
+        a.set_xscale("log", base=2)
+        a.set_xticks(xs, [str(x) for x in xs])
+        a.set_xlabel("labelled items per class")
+        a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _or_nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def jsonable(obj: Any) -> Any:
