@@ -121,12 +121,34 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"\n{cfg['arch']} on `{cfg['data']}`; baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
         f"{cfg['mode']} {cfg['finetune_epochs']} epochs at lr {cfg['finetune_lr']:g}, alpha {cfg['alpha']:g}"
         + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
+        + _non_default_options(cfg)
         + f". Values are points (x100), mean ± std over seeds. 95% CIs of the paired difference "
         f"({cfg['bootstrap']} bootstrap resamples): 'items' resamples the test items with the seeds fixed; "
         "'seeds × items' also resamples the training seeds, so one lucky seed cannot carry it "
         "(control, mIoU and pointing columns show the seeds × items interval).\n"
     )
     return "\n".join(lines) + "\n" + note
+
+
+# ATCON and schedule options the table's note names when they differ from the defaults.
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "resolution_match": "mask",
+    "similarity": "pearson",
+    "fine_method": "guided_backprop",
+    "mask_intensity": 8.0,
+    "detach_mask": False,
+    "ignore_background": False,
+    "reflect_padding": False,
+    "atcon_grad_clip": None,
+    "freeze_bn": "finetune",
+    "fully_balanced": False,
+    "pretrained": None,
+}
+
+
+def _non_default_options(cfg: dict[str, Any]) -> str:
+    changed = [f"{k}={cfg[k]}" for k, v in _OPTION_DEFAULTS.items() if k in cfg and cfg[k] != v]
+    return f" ({', '.join(changed)})" if changed else ""
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
