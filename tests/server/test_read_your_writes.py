@@ -3,20 +3,18 @@ connection, a real HTTP server) sees the change, even when the commit is slow.""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import event
 
 from server.db.tables import ModelState, ModelVersion
 from server.main import create_app
 from server.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import running_server
 
 COMMIT_DELAY = 0.6  # seconds: wide enough that a response sent before the commit would be seen
 
@@ -24,15 +22,8 @@ COMMIT_DELAY = 0.6  # seconds: wide enough that a response sent before the commi
 @pytest.fixture
 def slow_commit_server(tmp_path: Path) -> Iterator[tuple[str, object]]:
     app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(app) as base:
+        yield base, app
 
 
 def test_activation_is_committed_before_the_response(slow_commit_server) -> None:  # type: ignore[no-untyped-def]

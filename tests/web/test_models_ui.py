@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from server.main import create_app
 from server.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import running_server
+from tests.web.conftest import ARTIFACTS, upload_and_score
 
 pytestmark = pytest.mark.browser
-CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("WARDWATCH_TEST_ARTIFACTS", "/tmp/wardwatch-test-artifacts"))
 TOKEN = "s3cret"
 TINY_EXTRA = {"batch_size": 4, "unlabelled_batch_size": 4, "alpha": 2, "eval_batch_size": 8}
 FINISHED = re.compile(r"^(succeeded|failed|cancelled)$")
@@ -34,41 +30,16 @@ COMPARISON = re.compile(r"base (\d+\.\d) → candidate (\d+\.\d) \(([+-]\d+\.\d)
 def live_server(tmp_path: Path, ward_video) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A scored recording with one confirmed and one rejected event, so a fine-tune has reviewed clips."""
     app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", admin_token=TOKEN))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    while not server.started:
-        time.sleep(0.05)
-    with ward_video.video.open("rb") as handle:
-        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60).json()
-    app.state.dispatcher.wait(timeout=240)
-    assert httpx.get(f"{base}/api/v1/recordings/{recording['id']}").json()["status"] == "scored"
-    events = httpx.get(f"{base}/api/v1/events", params={"recording": recording["id"]}).json()["data"]
-    assert len(events) >= 2
-    for event, decision in zip(events, ("confirmed", "rejected"), strict=False):
-        answer = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision})
-        assert answer.status_code == 200, answer.text
-    yield base
-    with contextlib.suppress(Exception):
-        app.state.dispatcher.wait(timeout=120)  # no training thread outlives the test
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                  "--no-first-run", "--disable-component-update", "--disable-sync"],
-        )
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
+    with running_server(app) as base:
+        recording = upload_and_score(base, app, ward_video.video)
+        events = httpx.get(f"{base}/api/v1/events", params={"recording": recording["id"]}).json()["data"]
+        assert len(events) >= 2
+        for event, decision in zip(events, ("confirmed", "rejected"), strict=False):
+            answer = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision})
+            assert answer.status_code == 200, answer.text
+        yield base
+        with contextlib.suppress(Exception):
+            app.state.dispatcher.wait(timeout=120)  # no training thread outlives the test
 
 
 def _finetune_jobs(base: str) -> list[dict]:
@@ -76,7 +47,7 @@ def _finetune_jobs(base: str) -> list[dict]:
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10) -> None:
-    """The API answers before its transaction commits: a read straight after a write may still be old."""
+    """Poll the API until ``check()``: a click starts the page's request, which completes after the click returns."""
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "the API never showed the change"

@@ -3,57 +3,27 @@ clinician's decision reaches the API."""
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from server.main import create_app
 from server.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import running_server
+from tests.web.conftest import ARTIFACTS, upload_and_score
 
 pytestmark = pytest.mark.browser
-CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("WARDWATCH_TEST_ARTIFACTS", "/tmp/wardwatch-test-artifacts"))
 
 
 @pytest.fixture
 def live_server(tmp_path: Path, ward_video) -> Iterator[str]:  # type: ignore[no-untyped-def]
     app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    while not server.started:
-        time.sleep(0.05)
-    with ward_video.video.open("rb") as handle:
-        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60).json()
-    app.state.dispatcher.wait(timeout=240)
-    assert httpx.get(f"{base}/api/v1/recordings/{recording['id']}").json()["status"] == "scored"
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                  "--no-first-run", "--disable-component-update", "--disable-sync"],
-        )
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
+    with running_server(app) as base:
+        upload_and_score(base, app, ward_video.video)
+        yield base
 
 
 def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:

@@ -1,0 +1,38 @@
+"""Browser fixtures: Debian chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("WARDWATCH_TEST_ARTIFACTS", "/tmp/wardwatch-test-artifacts"))
+# Without the background-networking flags Chromium keeps trying this closed network's hosts.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def upload_and_score(base: str, app: Any, video: Path) -> dict:
+    """Upload ``video`` through the REST API and wait for the embedded worker to score it."""
+    with video.open("rb") as handle:
+        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60).json()
+    app.state.dispatcher.wait(timeout=240)
+    scored = httpx.get(f"{base}/api/v1/recordings/{recording['id']}").json()
+    assert scored["status"] == "scored", scored
+    return scored
