@@ -125,7 +125,7 @@ class Trace:
     def _relu_hook(self, name: str, module: nn.Module, args: tuple[object, ...], output: object) -> None:
         if not self._mine():
             return
-        self._relu_depth -= 1
+        self._relu_depth -= 1  # only read by the functional-ReLU watch (which also installs the pre-hook)
         if isinstance(output, Tensor) and output.requires_grad:
             output.register_hook(self._guided_rule)
         if self.activations is not None:

@@ -132,6 +132,8 @@ class ExperimentConfig:
 
 def _atcon_config(config: ExperimentConfig, class_names: Sequence[str] = ()) -> ATCONConfig:
     ignore = (list(class_names).index(BACKGROUND),) if config.ignore_background and BACKGROUND in class_names else ()
+    if config.ignore_background and class_names and not ignore:
+        logger.warning("--ignore-background: the data has no %r class (multi-label?); nothing is ignored", BACKGROUND)
     return ATCONConfig(
         resolution_match=config.resolution_match,
         similarity=config.similarity,
