@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from model.files import atomic_path
 from model.weights import InputSpec
 
 __all__ = [
@@ -703,24 +704,22 @@ def save_npz(data: TrainingData, path: str | os.PathLike[str]) -> Path:
     if isinstance(data.frames, LazyFrames):
         raise ValueError("only in-memory frames can be saved")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     regions = data.regions if data.regions is not None else []
     offsets = np.cumsum([0] + [len(r) for r in regions]).astype(np.int64)
     flat = np.concatenate(regions).astype(np.float32) if regions else np.zeros((0, 5), np.float32)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
-        frames=data.frames,
-        labels=data.labels,
-        groups=data.groups,
-        class_names=np.asarray(data.class_names),
-        multi_label=np.asarray(data.multi_label),
-        has_regions=np.asarray(data.regions is not None),
-        region_offsets=offsets,
-        regions=flat.reshape(-1, 5),
-        source=np.asarray(data.source),
-    )
-    os.replace(tmp, target)
+    with atomic_path(target, suffix=".npz") as tmp:
+        np.savez(
+            tmp,
+            frames=data.frames,
+            labels=data.labels,
+            groups=data.groups,
+            class_names=np.asarray(data.class_names),
+            multi_label=np.asarray(data.multi_label),
+            has_regions=np.asarray(data.regions is not None),
+            region_offsets=offsets,
+            regions=flat.reshape(-1, 5),
+            source=np.asarray(data.source),
+        )
     return target
 
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.files import atomic_path
 from model.nets import ARCHITECTURES, build_model, is_video_arch
 from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
 from model.training.datasets import BACKGROUND, TrainingData
@@ -335,10 +335,8 @@ def pretrained_backbone(config: ExperimentConfig, splits: Splits, work_dir: Path
     )
     logger.info("pretrained backbone on %s: val macro-F1 %.3f", data.class_names, result.best_val_macro_f1 or 0.0)
     state = _state(model)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp:
+        torch.save(state, tmp)
     return state
 
 
@@ -399,10 +397,8 @@ def run_seed(
             "seconds": result.seconds,
         }
         if config.cache_baselines:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save({"model": _state(model), "info": base_info}, tmp)
-            os.replace(tmp, cache)
+            with atomic_path(cache) as tmp:
+                torch.save({"model": _state(model), "info": base_info}, tmp)
     base_state = _state(model)
     base_metrics, base_arrays = _evaluate(model, splits, config, seed=seed)
     row["baseline"] = {**base_info, **base_metrics}
@@ -537,14 +533,11 @@ def _load_run(path: Path) -> dict[str, Any] | None:
 def _save_run(path: Path, row: dict[str, Any]) -> None:
     """Write the row (JSON) and its arrays (npz), each atomically: arrays first, so a row file
     never exists without its arrays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = {f"{m}/{k}": v for m, d in row["_arrays"].items() for k, v in d.items()}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, **flat)
-    os.replace(tmp, path.with_suffix(".npz"))
-    tmp_json = path.with_name(f".{path.stem}.{os.getpid()}.json")
-    tmp_json.write_text(json.dumps(jsonable(row)))
-    os.replace(tmp_json, path)
+    with atomic_path(path.with_suffix(".npz"), suffix=".npz") as tmp:
+        np.savez(tmp, **flat)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(jsonable(row)))
 
 
 def _cached_run_seed(
@@ -589,8 +582,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     logger.info("data: %s", json.dumps(splits.description))
     backbone = pretrained_backbone(config, splits, work_dir)
     runs = []
-    plan = [(n, seed) for n in config.images_per_class for seed in range(config.seeds)]
-    bar = tqdm(total=len(plan), desc="experiment runs (N, seed)", disable=not show_progress(config.progress))
+    total = len(config.images_per_class) * config.seeds
+    bar = tqdm(total=total, desc="experiment runs (N, seed)", disable=not show_progress(config.progress))
     try:
         for n in config.images_per_class:
             rows = []

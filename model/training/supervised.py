@@ -16,7 +16,6 @@ import copy
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -30,9 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.device import resolve_device
+from model.files import atomic_path
 from model.inference import frames_to_tensor, normalize_tensor
 from model.training.data import ClipDataset, iter_batches
 from model.training.metrics import macro_f1, per_class_f1
+from model.training.trainer import show_progress
 from model.weights import InputSpec
 
 __all__ = [
@@ -127,10 +128,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
-
-
-def _show_progress(progress: bool | None) -> bool:
-    return bool(progress) if progress is not None else sys.stderr.isatty()
 
 
 def augment_batch(
@@ -246,7 +243,7 @@ def train_one_epoch(
     model.train()
     total, count = 0.0, 0
     batches = list(iter_batches(len(data), config.batch_size, shuffle=True, rng=rng))
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not _show_progress(config.progress))
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not show_progress(config.progress))
     for idx in bar:
         if idx.size < 2 and len(data) > 1:
             continue
@@ -312,10 +309,8 @@ def evaluate(
 
 def _save_train_state(path: Path, state: dict[str, Any]) -> None:
     """Atomic ``torch.save`` of a training state (loadable with ``weights_only=True``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train_supervised(

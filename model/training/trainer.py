@@ -35,7 +35,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.device import resolve_device
+from model.files import atomic_path
 from model.inference import frames_to_tensor
 from model.training.atcon import ATCONConfig, ATCONLoss, frozen_batchnorm, reflect_padding
 from model.training.datasets import TrainingData
@@ -365,14 +365,9 @@ def show_progress(progress: bool | None) -> bool:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save``: write a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Atomic ``torch.save``: a cancelled or killed run never leaves a torn state behind."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _validate(model: nn.Module, val: TrainingData, spec: InputSpec, config: FinetuneConfig) -> tuple[float, list]:
