@@ -8,7 +8,7 @@ batch, classify every frame and average the logits over T (temporal average pool
 Built like torchvision model files: typed ``nn.Module`` classes, a private builder per family and
 keyword-only public factories. Weights are always randomly initialised here (``weights=None``):
 nothing is ever downloaded at run time; trained weights come from a local checkpoint
-(:mod:`model.weights`).
+(:mod:`model.weights`), pretrained starting points (ImageNet, Kinetics) from :mod:`model.pretrained`.
 
 Two properties matter to the attribution code (:mod:`model.attribution`):
 

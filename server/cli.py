@@ -55,10 +55,18 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from model.pretrained import PretrainedWeightsError
     from model.training.supervised import train_demo_model
 
-    metrics = train_demo_model(args.out, arch=args.arch, videos=args.videos, seconds=args.seconds,
-                               epochs=args.epochs, seed=args.seed, device=args.device, progress=True)
+    # Options left out keep the recipe's defaults (passing None would override them).
+    sizes = {k: v for k, v in (("videos", args.videos), ("seconds", args.seconds), ("epochs", args.epochs))
+             if v is not None}
+    try:
+        metrics = train_demo_model(args.out, arch=args.arch, seed=args.seed, device=args.device, progress=True,
+                                   pretrained=args.pretrained, **sizes)
+    except PretrainedWeightsError as exc:  # missing/unfit weights: a message saying what to do, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"checkpoint": str(args.out), "metrics": metrics}, indent=2, default=str))
     return 0
 
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--pretrained", default=None, metavar="SPEC",
+                   help="start from torchvision:resnet18|resnet50|r3d_18 (torch hub cache, never downloaded) "
+                        "or a weights FILE; the head stays new")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("experiment", help="reproducible experiments: `wardwatch experiment atcon --help`",
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="wardwatch-demo")
     p.add_argument("--once", action="store_true", help="exit after scoring instead of serving")
     p.set_defaults(func=_demo)
+
     return parser
 
 

@@ -18,9 +18,10 @@ parameters' ``.grad`` are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, ParamSpec, TypeVar
 
 import torch
@@ -28,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attribution.errors import AttributionError
-from model.attribution.trace import Trace, traced_forward
+from model.attribution.trace import Trace, traced
 
 __all__ = [
     "Attribution",
     "LayerAttribution",
     "Target",
+    "TargetRule",
     "canonical_layer_map",
     "grad_enabled",
     "prepare_inputs",
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 Target = int | Sequence[int] | Tensor | None
+#: A target, or a rule choosing each sample's class from the (detached) logits ``[N, K] -> [N]``,
+#: e.g. ATCON's "top class outside the background" (no label needed).
+TargetRule = Target | Callable[[Tensor], Tensor]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -98,15 +103,18 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     return layer
 
 
-def resolve_targets(target: Target, logits: Tensor) -> Tensor:
+def resolve_targets(target: TargetRule, logits: Tensor) -> Tensor:
     """Class index per sample, ``int64 [N]``.
 
     ``None`` takes each sample's top-1 class from ``logits`` (no label needed, as in ATCON);
-    an int applies to every sample; a sequence or tensor gives one class per sample.
+    an int applies to every sample; a sequence or tensor gives one class per sample; a callable
+    is given the detached logits and returns one of those.
     """
     n, k = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
+    if callable(target) and not isinstance(target, Tensor):
+        target = target(logits.detach())
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
         out = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
     else:
@@ -193,9 +201,11 @@ class Attribution:
         """Attribution maps for ``inputs``; see each method for shapes."""
         raise NotImplementedError
 
-    def _forward(self, x: Tensor, *, layer: nn.Module | None = None, guided: bool | None = None) -> Trace:
-        """One instrumented forward pass (hooks removed before returning)."""
-        return traced_forward(self.model, x, layer=layer, guided=self.guided_relu if guided is None else guided)
+    @contextlib.contextmanager
+    def _traced(self, x: Tensor, *, layer: nn.Module | None = None, guided: bool | None = None) -> Iterator[Trace]:
+        """One instrumented forward pass; run the backward passes inside the block (see :func:`traced`)."""
+        with traced(self.model, x, layer=layer, guided=self.guided_relu if guided is None else guided) as trace:
+            yield trace
 
     @staticmethod
     def _gradients(

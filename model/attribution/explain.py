@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from model.attribution.agreement import agreement
 from model.attribution.base import Target, grad_enabled, prepare_inputs, resolve_layer, resolve_targets, target_scores
+from model.attribution.consistency import ATCONConfig, consistency
 from model.attribution.errors import AttributionError
-from model.attribution.fused import fused_maps
+from model.attribution.fused import FusedMaps, fused_step
 from model.attribution.grad_cam import GradCAM
 from model.attribution.guided_grad_cam import combine
 from model.attribution.integrated_gradients import IntegratedGradients
-from model.attribution.trace import traced_forward
+from model.attribution.trace import traced
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "explain"]
 
@@ -32,6 +32,7 @@ METHODS: tuple[str, ...] = (
 )
 DEFAULT_METHODS: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
 
+# The agreement is computed from the fused maps (its own Grad-CAM weights come from their layer gradient).
 _NEEDS_CAM = frozenset({"grad_cam", "guided_grad_cam", "agreement"})
 _NEEDS_GUIDED = frozenset({"guided_backprop", "guided_grad_cam", "agreement"})
 
@@ -48,6 +49,7 @@ def explain(
     create_graph: bool = False,
     ig_steps: int = 50,
     ig_internal_batch_size: int | None = None,
+    agreement_config: ATCONConfig | None = None,
 ) -> dict[str, Tensor]:
     """Explain ``model``'s decision on ``inputs`` with several methods at once.
 
@@ -64,13 +66,17 @@ def explain(
               not normalised (as :class:`GradCAM` defaults);
             * ``guided_backprop``: same shape as ``inputs``;
             * ``guided_grad_cam``: same shape as ``inputs``;
-            * ``agreement``: ``[N]`` in [-1, 1], :func:`agreement` of Grad-CAM at the layer's
-              resolution (before ReLU, as ATCON compares it) and Guided Backprop pooled to it;
+            * ``agreement``: ``[N]``, ATCON's consistency of Grad-CAM and Guided Backprop
+              (:func:`~model.attribution.consistency.consistency`: the very score ATCON
+              fine-tuning maximises; in [-1, 1] for the default Pearson similarity), from the
+              fused maps plus one masked Grad-CAM pass;
             * ``integrated_gradients``: same shape as ``inputs`` (zero baseline, ``ig_steps``
               Gauss-Legendre points, its own passes).
         per_time_step: clips: Grad-CAM weights per time step.
         create_graph: keep every result differentiable.
         ig_steps, ig_internal_batch_size: Integrated Gradients settings.
+        agreement_config: ATCON options of the ``agreement`` score (default: ATCON.md's
+            default configuration, the one fine-tuning uses unless told otherwise).
 
     Returns:
         ``{method: tensor}`` in the order of ``methods``.
@@ -82,41 +88,11 @@ def explain(
     wanted = _check_methods(methods)
     layer_module = resolve_layer(model, layer)
     x = prepare_inputs(inputs)
+    targets, cam, guided, maps = _base_maps(
+        model, x, layer_module, target, wanted, per_time_step=per_time_step, create_graph=create_graph
+    )
+    cam_up = None if cam is None else GradCAM.finish(cam, x, relu=True, upsample=True, create_graph=create_graph)
     results: dict[str, Tensor] = {}
-    targets: Tensor | None = None
-    cam: Tensor | None = None
-    cam_up: Tensor | None = None
-    guided: Tensor | None = None
-    cam_method = GradCAM(model, layer_module)
-    need_cam, need_guided = bool(wanted & _NEEDS_CAM), bool(wanted & _NEEDS_GUIDED)
-    if need_cam and need_guided:
-        maps = fused_maps(
-            model,
-            x,
-            layer_module,
-            target,
-            per_time_step=per_time_step,
-            create_graph=create_graph,
-            cam_method=cam_method,
-        )
-        targets, cam, guided = maps.targets, maps.cam, maps.guided
-    elif need_cam:
-        trace = traced_forward(model, x, layer=layer_module, guided=False)
-        assert trace.logits is not None
-        targets = resolve_targets(target, trace.logits)
-        cam_method.layer_gradient(trace, targets, create_graph=create_graph)
-        cam = cam_method.layer_map(trace, x, per_time_step=per_time_step)
-    elif need_guided:
-        trace = traced_forward(model, x, guided=True)
-        assert trace.logits is not None
-        targets = resolve_targets(target, trace.logits)
-        (guided,) = cam_method._gradients(target_scores(trace.logits, targets), [x], create_graph=create_graph)
-    if guided is not None and not create_graph:
-        guided = guided.detach()
-    if cam is not None:
-        cam_up = GradCAM.finish(cam, x, relu=True, upsample=True, create_graph=create_graph)
-        if not create_graph:
-            cam = cam.detach()
     for name in methods:
         if name == "grad_cam":
             assert cam_up is not None
@@ -128,8 +104,10 @@ def explain(
             assert guided is not None and cam_up is not None
             results[name] = combine(guided, cam_up)
         elif name == "agreement":
-            assert cam is not None and guided is not None
-            results[name] = agreement(cam, guided, resolution="pool")
+            assert maps is not None
+            results[name] = consistency(
+                model, x, layer_module, agreement_config, target=maps.targets, maps=maps, create_graph=create_graph
+            ).score
         elif name == "integrated_gradients":
             results[name] = IntegratedGradients(model).attribute(
                 x if create_graph else x.detach(),
@@ -139,6 +117,38 @@ def explain(
                 create_graph=create_graph,
             )
     return results
+
+
+def _base_maps(
+    model: nn.Module,
+    x: Tensor,
+    layer: nn.Module,
+    target: Target,
+    wanted: frozenset[str],
+    *,
+    per_time_step: bool,
+    create_graph: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, FusedMaps | None]:
+    """``(targets, Grad-CAM at the layer's resolution, Guided Backprop, fused maps)`` that ``wanted`` needs."""
+    need_cam, need_guided = bool(wanted & _NEEDS_CAM), bool(wanted & _NEEDS_GUIDED)
+    if need_cam and need_guided:
+        maps = fused_step(model, x, layer, target, create_graph=create_graph)
+        return maps.targets, maps.cam(per_time_step=per_time_step), maps.guided, maps
+    if need_cam:
+        cam_method = GradCAM(model, layer)
+        with traced(model, x, layer=layer, guided=False) as trace:
+            assert trace.logits is not None
+            targets = resolve_targets(target, trace.logits)
+            cam_method.layer_gradient(trace, targets, create_graph=create_graph)
+            cam = cam_method.layer_map(trace, x, per_time_step=per_time_step)
+        return targets, cam if create_graph else cam.detach(), None, None
+    if need_guided:
+        with traced(model, x, guided=True) as trace:
+            assert trace.logits is not None
+            targets = resolve_targets(target, trace.logits)
+            (guided,) = GradCAM._gradients(target_scores(trace.logits, targets), [x], create_graph=create_graph)
+        return targets, None, guided if create_graph else guided.detach(), None
+    return None, None, None, None
 
 
 def _check_methods(methods: Sequence[str]) -> frozenset[str]:

@@ -31,7 +31,20 @@ from model.attribution.base import (
 from model.attribution.errors import AttributionError
 from model.attribution.trace import Trace
 
-__all__ = ["GradCAM"]
+__all__ = ["GradCAM", "layer_tensors"]
+
+
+def layer_tensors(trace: Trace, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The layer's activations ``A`` and gradient ``dS/dA`` of a trace, canonical ``[N, K, *S]``.
+
+    A zero gradient stands in when the target logit does not depend on the layer.
+    """
+    assert trace.activations is not None
+    n, clip = x.shape[0], x.dim() == 5
+    grads = trace.layer_grad
+    if grads is None:
+        grads = torch.zeros_like(trace.activations)
+    return canonical_layer_map(trace.activations, n, clip=clip), canonical_layer_map(grads, n, clip=clip)
 
 
 class GradCAM(LayerAttribution):
@@ -73,10 +86,11 @@ class GradCAM(LayerAttribution):
             on clips ``t = T``).
         """
         x = prepare_inputs(inputs)
-        trace = self._forward(x, layer=self.layer, guided=False)
-        targets = resolve_targets(target, trace.logits)
-        self.layer_gradient(trace, targets, create_graph=create_graph)
-        cam = self.layer_map(trace, x, per_time_step=per_time_step)
+        with self._traced(x, layer=self.layer, guided=False) as trace:
+            assert trace.logits is not None
+            targets = resolve_targets(target, trace.logits)
+            self.layer_gradient(trace, targets, create_graph=create_graph)
+            cam = self.layer_map(trace, x, per_time_step=per_time_step)
         return self.finish(cam, x, relu=relu, upsample=upsample, create_graph=create_graph)
 
     def channel_weights(self, grads: Tensor, *, per_time_step: bool) -> Tensor:
@@ -99,14 +113,13 @@ class GradCAM(LayerAttribution):
 
     def layer_map(self, trace: Trace, x: Tensor, *, per_time_step: bool) -> Tensor:
         """``sum_k alpha_k A_k`` at the layer's resolution, ``[N, *S]``, before any ReLU."""
-        assert trace.activations is not None
-        n, clip = x.shape[0], x.dim() == 5
-        acts = canonical_layer_map(trace.activations, n, clip=clip)
-        grads = trace.layer_grad
-        if grads is None:  # the target logit does not depend on this layer
-            grads = torch.zeros_like(trace.activations)
-        weights = self.channel_weights(canonical_layer_map(grads, n, clip=clip), per_time_step=per_time_step)
-        return (weights * acts).sum(dim=1)
+        acts, grads = layer_tensors(trace, x)
+        return self.map_from(acts, grads, per_time_step=per_time_step)
+
+    def map_from(self, activations: Tensor, layer_grad: Tensor, *, per_time_step: bool) -> Tensor:
+        """``sum_k alpha_k A_k`` from canonical ``A`` and ``dS/dA`` (both ``[N, K, *S]``): ``[N, *S]``."""
+        weights = self.channel_weights(layer_grad, per_time_step=per_time_step)
+        return (weights * activations).sum(dim=1)
 
     @staticmethod
     def finish(cam: Tensor, x: Tensor, *, relu: bool, upsample: bool, create_graph: bool) -> Tensor:

@@ -39,8 +39,8 @@ class GuidedBackprop(Attribution):
             ``sum |.|`` over channels).
         """
         x = prepare_inputs(inputs)
-        trace = self._forward(x)
-        assert trace.logits is not None
-        targets = resolve_targets(target, trace.logits)
-        (grad,) = self._gradients(target_scores(trace.logits, targets), [x], create_graph=create_graph)
+        with self._traced(x) as trace:
+            assert trace.logits is not None
+            targets = resolve_targets(target, trace.logits)
+            (grad,) = self._gradients(target_scores(trace.logits, targets), [x], create_graph=create_graph)
         return grad if create_graph else grad.detach()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from model.attribution.base import LayerAttribution, Target, grad_enabled, prepare_inputs
-from model.attribution.fused import fused_maps
+from model.attribution.fused import fused_step
 from model.attribution.grad_cam import GradCAM
 
 __all__ = ["GuidedGradCAM", "combine"]
@@ -46,14 +46,8 @@ class GuidedGradCAM(LayerAttribution):
             Same shape as ``inputs``.
         """
         x = prepare_inputs(inputs)
-        maps = fused_maps(
-            self.model,
-            x,
-            self.layer,
-            target,
-            per_time_step=per_time_step,
-            create_graph=create_graph,
-            cam_method=GradCAM(self.model, self.layer),
+        maps = fused_step(self.model, x, self.layer, target, create_graph=create_graph)
+        cam = GradCAM.finish(
+            maps.cam(per_time_step=per_time_step), x, relu=True, upsample=True, create_graph=create_graph
         )
-        cam = GradCAM.finish(maps.cam, x, relu=True, upsample=True, create_graph=create_graph)
         return combine(maps.guided, cam)

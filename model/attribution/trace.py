@@ -4,8 +4,17 @@ Why a single place: hooks on someone else's model are the classic way attributio
 leak state (a hook left behind after an exception, a module swapped on a shared class, a
 gradient cached on ``self`` that another thread overwrites). Here every module hook lives only
 for the duration of one ``model(x)`` call and is removed in ``finally``, whatever happens; what
-outlives the forward is confined to the per-call :class:`Trace` and to *tensor* hooks on that
-call's own autograd graph, which die with it.
+outlives the forward is the per-call :class:`Trace` and the *tensor* hooks it put on that call's
+own autograd graph, and both live exactly as long as the :func:`traced` block that made them.
+
+Why the tensor hooks must go when the block ends, not merely "die with the graph": a map built
+with ``create_graph=True`` keeps the forward graph alive, and the caller differentiates a loss on
+it afterwards (ATCON does). Had the guided-ReLU hooks stayed attached and switched on, that outer
+backward would be clamped at every ReLU too, a gradient that is *not* the derivative of the loss
+(it was, once: cosine 0.78 with the true gradient on tiny3d). And the hooks are bound methods of
+the trace, which holds the activations: a reference cycle through C++ autograd nodes that
+Python's garbage collector cannot see, so every explained batch would leak its graph. On exit
+:meth:`Trace.close` removes every tensor hook and drops every tensor reference.
 
 Two things are instrumented:
 
@@ -35,7 +44,9 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +57,7 @@ from torch.utils.hooks import RemovableHandle
 
 from model.attribution.errors import AttributionError, FunctionalReLUError
 
-__all__ = ["Trace", "traced_forward"]
+__all__ = ["Trace", "live_traces", "traced"]
 
 # Rectifier modules that get the guided rule. ReLU6 qualifies: its backward masks by
 # 0 < x < 6, so clamping the incoming gradient gives the same guided rule (MobileNets use it).
@@ -85,9 +96,30 @@ class Trace:
     _thread: int = field(default_factory=threading.get_ident)
     _layer_calls: int = 0
     _relu_depth: int = 0
+    _tensor_hooks: list[RemovableHandle] = field(default_factory=list)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        _LIVE.add(self)
 
     def _mine(self) -> bool:
         return threading.get_ident() == self._thread
+
+    def _hook_tensor(self, tensor: Tensor, hook: Callable[[Tensor], Tensor | None]) -> None:
+        self._tensor_hooks.append(tensor.register_hook(hook))
+
+    def close(self) -> None:
+        """Remove every tensor hook from the graph and drop every tensor this trace holds.
+
+        After this, a backward pass through the graph (a loss on a map built with
+        ``create_graph=True``) is the ordinary derivative: no guided rule, no capture.
+        """
+        self.guided = self.capture = False
+        for handle in self._tensor_hooks:
+            handle.remove()
+        self._tensor_hooks.clear()
+        self.logits = self.activations = self.layer_grad = None
+        self.closed = True
 
     # Tensor hooks (run during backward) -----------------------------------------------------
     def _guided_rule(self, grad: Tensor) -> Tensor | None:
@@ -105,7 +137,7 @@ class Trace:
             return None
         self._layer_calls += 1
         if self._layer_calls > 1:
-            return None  # reported after the forward (see traced_forward)
+            return None  # reported after the forward (see _traced_forward)
         if not isinstance(output, Tensor):
             raise AttributionError(
                 f"the target layer {type(module).__name__} returned {type(output).__name__}, "
@@ -115,7 +147,7 @@ class Trace:
         if not output.requires_grad:
             return None
         passthrough = output.clone()
-        passthrough.register_hook(self._record_layer_grad)
+        self._hook_tensor(passthrough, self._record_layer_grad)
         return passthrough
 
     def _relu_pre_hook(self, module: nn.Module, args: tuple[object, ...]) -> None:
@@ -127,7 +159,7 @@ class Trace:
             return
         self._relu_depth -= 1  # only read by the functional-ReLU watch (which also installs the pre-hook)
         if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(self._guided_rule)
+            self._hook_tensor(output, self._guided_rule)
         if self.activations is not None:
             self.relus_after_layer.append(name)
 
@@ -187,7 +219,7 @@ def _calling_module(model: nn.Module) -> str:
     return ""
 
 
-def traced_forward(
+def _traced_forward(
     model: nn.Module,
     inputs: Tensor,
     *,
@@ -209,13 +241,25 @@ def traced_forward(
             Python, ~10% of a small network's training step.
 
     Module hooks exist only while this function runs; they are removed in ``finally`` also when
-    the forward raises. The caller runs the backward pass (``torch.autograd.grad``) afterwards.
+    the forward raises. The caller runs the backward pass (``torch.autograd.grad``) afterwards,
+    inside :func:`traced`, which owns the tensor hooks' lifetime.
     """
     trace = Trace(guided=guided)
+    try:
+        _instrumented_call(trace, model, inputs, layer=layer, watch=guided and watch_functional_relu)
+        trace.logits = _check_logits(trace.logits, inputs.shape[0])
+        _check_layer_calls(trace, layer)
+    except BaseException:
+        trace.close()  # hooks a failed forward put on its graph go with it
+        raise
+    return trace
+
+
+def _instrumented_call(trace: Trace, model: nn.Module, inputs: Tensor, *, layer: nn.Module | None, watch: bool) -> None:
+    """``model(inputs)`` with the trace's module hooks, which are removed in ``finally``."""
     handles: list[RemovableHandle] = []
     try:
-        watch = guided and watch_functional_relu
-        if guided:
+        if trace.guided:
             # Registered before the layer hook: a ReLU that *is* the last op of the layer then
             # counts as inside the layer, not after it.
             for name, module in model.named_modules():
@@ -228,23 +272,25 @@ def traced_forward(
         with torch.inference_mode(False), torch.enable_grad():
             if watch:
                 with _FunctionalReLUWatch(trace, model):
-                    output = model(inputs)
+                    trace.logits = model(inputs)
             else:
-                output = model(inputs)
+                trace.logits = model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    trace.logits = _check_logits(output, inputs.shape[0])
-    if layer is not None:
-        if trace._layer_calls == 0:
-            raise AttributionError(f"the target layer {type(layer).__name__} did not run during the forward pass")
-        if trace._layer_calls > 1:
-            raise AttributionError(
-                f"the target layer {type(layer).__name__} ran {trace._layer_calls} times in one "
-                "forward pass (a shared module such as a ResNet block's relu); choose a module that "
-                "runs once, e.g. the whole block"
-            )
-    return trace
+
+
+def _check_layer_calls(trace: Trace, layer: nn.Module | None) -> None:
+    if layer is None:
+        return
+    if trace._layer_calls == 0:
+        raise AttributionError(f"the target layer {type(layer).__name__} did not run during the forward pass")
+    if trace._layer_calls > 1:
+        raise AttributionError(
+            f"the target layer {type(layer).__name__} ran {trace._layer_calls} times in one "
+            "forward pass (a shared module such as a ResNet block's relu); choose a module that "
+            "runs once, e.g. the whole block"
+        )
 
 
 def _bind_name(hook: Callable[..., None], name: str) -> Callable[..., None]:
@@ -262,3 +308,38 @@ def _check_logits(output: object, n: int) -> Tensor:
     if output.dim() != 2 or output.shape[0] != n:
         raise AttributionError(f"the model must return logits [N={n}, K], got shape {tuple(output.shape)}")
     return output
+
+
+# Traces not yet closed (weak: a trace that was dropped without closing still shows up as long as a
+# leaked graph keeps it alive, which is exactly what a leak test needs to see).
+_LIVE: weakref.WeakSet[Trace] = weakref.WeakSet()
+
+
+def live_traces() -> list[Trace]:
+    """Traces whose :func:`traced` block has not ended (for leak tests and debugging)."""
+    return [t for t in list(_LIVE) if not t.closed]
+
+
+@contextmanager
+def traced(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    layer: nn.Module | None = None,
+    guided: bool = False,
+    watch_functional_relu: bool = True,
+) -> Iterator[Trace]:
+    """One instrumented forward pass of ``model`` on ``inputs``; the backward passes happen inside.
+
+    ``with traced(model, x, layer=layer, guided=True) as trace:`` runs the forward (arguments as
+    in :func:`_traced_forward`), yields its :class:`Trace` for the caller's
+    ``torch.autograd.grad`` calls, and on exit, also on an exception, closes it
+    (:meth:`Trace.close`): tensor hooks removed, guided rule and capture off, tensors dropped.
+    Maps computed inside the block keep their own autograd graph, so a map built with
+    ``create_graph=True`` stays differentiable after the block, and its derivative is the true one.
+    """
+    trace = _traced_forward(model, inputs, layer=layer, guided=guided, watch_functional_relu=watch_functional_relu)
+    try:
+        yield trace
+    finally:
+        trace.close()

@@ -80,28 +80,30 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
     ``scores`` ``[N, K]`` (any monotone score: logits or probabilities, the same transform for
     every item: the released code's bug was a sigmoid on the first batch only); ``targets``
-    multi-hot ``[N, K]`` or indices ``[N]``. AP = mean over positives of the precision at their
-    rank (non-interpolated, as scikit-learn's ``average_precision_score``; tied scores are
-    ranked in input order, stable sort).
+    multi-hot ``[N, K]`` or indices ``[N]``. Non-interpolated AP as scikit-learn's
+    ``average_precision_score``: ``sum_n (R_n - R_{n-1}) P_n`` over the *distinct* scores taken as
+    thresholds, so items with tied scores enter together and the result does not depend on their
+    order (ranking ties one by one in input order would).
     """
     s = np.asarray(scores, dtype=np.float64)
     n, k = s.shape
-    t = np.asarray(targets)
-    if t.ndim == 1:
-        onehot = np.zeros((n, k), dtype=bool)
-        onehot[np.arange(n), t.astype(np.int64)] = True
-        t = onehot
-    t = t > 0.5
+    t = _bool_targets(targets, k)
     out = np.full(k, np.nan)
     for c in range(k):
-        pos = int(t[:, c].sum())
-        if pos == 0:
-            continue
-        order = np.argsort(-s[:, c], kind="stable")
-        hits = t[order, c]
-        precision = np.cumsum(hits) / np.arange(1, n + 1)
-        out[c] = float(precision[hits].sum() / pos)
+        if t[:, c].any():
+            out[c] = _binary_average_precision(s[:, c], t[:, c])
     return out
+
+
+def _binary_average_precision(score: np.ndarray, hit: np.ndarray) -> float:
+    """AP of one class (at least one positive), ties grouped into one threshold."""
+    order = np.argsort(-score, kind="stable")
+    ranked, hits = score[order], hit[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked) != 0), ranked.size - 1]  # end of each tie block
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -360,11 +362,8 @@ def grad_cam_maps(
     """Grad-CAM (ReLU, upsampled to the input, time-averaged for clips), float32 ``[N, H, W]``.
 
     ``targets``: int ``[N]`` class per item. Model in eval mode during the call (restored).
-    Computed with :class:`GradCAM`'s own steps inside :func:`model.training.atcon.traced`, which
-    frees each batch's graph (``GradCAM.attribute`` leaks it, see ``traced``).
     """
     from model.nets import default_target_layer
-    from model.training.atcon import traced
 
     cam = GradCAM(model, layer if layer is not None else default_target_layer(model))
     dev = _model_device(model)
@@ -378,11 +377,7 @@ def grad_cam_maps(
             x = _to_input(np.asarray(frames[idx]), spec).to(dev)  # type: ignore[index]
             if x.shape[2] == 1:
                 x = x[:, :, 0]  # images: [B, 3, H, W]
-            x.requires_grad_(True)
-            with torch.enable_grad(), traced(model, x, layer=cam.layer, guided=False) as trace:
-                cam.layer_gradient(trace, torch.as_tensor(targets[idx], device=dev), create_graph=False)
-                raw = cam.layer_map(trace, x, per_time_step=per_time_step)
-            m = GradCAM.finish(raw, x, relu=True, upsample=True, create_graph=False)
+            m = cam.attribute(x, torch.as_tensor(targets[idx], device=dev), per_time_step=per_time_step)
             if m.dim() == 4:
                 m = m.mean(dim=1)
             out.append(m.detach().float().cpu().numpy())

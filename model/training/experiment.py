@@ -10,11 +10,12 @@ results.json`` (the server's CLI calls :func:`run_cli`). For every N and seed:
    validation macro-F1);
 3. **ATCON** fine-tunes a copy of the baseline's best weights (alternating mode by default; the
    starting weights compete for "best", so selection never prefers a worse validation score);
-4. optionally a **control** fine-tunes the baseline with the same labelled steps but no
+4. optionally a **control** fine-tunes the baseline with exactly ATCON's labelled steps but no
    unlabelled ones (``--control``): it separates ATCON's effect from that of simply training the
    baseline longer;
 5. all models are scored on the same held-out test split: macro-F1 and mAP with bootstrap CIs,
-   the paired ATCON - baseline difference, and where the data has regions the localisation
+   the paired ATCON - baseline difference (headline interval: seeds crossed with test videos,
+   :mod:`model.training.cluster_bootstrap`), and where the data has regions the localisation
    mIoU, pointing game and Average Drop / Increase in Confidence.
 
 Outputs: the JSON at ``--out`` (config, data, per-N per-seed results and summaries), a Markdown
@@ -44,9 +45,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.attribution.agreement import SIMILARITIES
 from model.files import atomic_path
 from model.nets import ARCHITECTURES, build_model, is_video_arch
-from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, SIMILARITIES, ATCONConfig, reflect_padding
+from model.training.atcon import FINE_METHODS, RESOLUTION_MATCHES, ATCONConfig, reflect_padding
 from model.training.datasets import BACKGROUND, TrainingData
 from model.training.evaluation import (
     average_drop_increase,
@@ -56,14 +58,20 @@ from model.training.evaluation import (
     grad_cam_maps,
     localisation,
     mean_average_precision,
-    paired_bootstrap_macro_f1,
     paired_bootstrap_mean,
     per_class_f1,
     predict_probs,
 )
 from model.training.experiment_data import SYNTHETIC_DEFAULTS, Splits, load_splits
-from model.training.experiment_report import jsonable, markdown_table, plot, summarise
-from model.training.trainer import MODES, FinetuneConfig, select_labelled, show_progress, train
+from model.training.experiment_report import jsonable, markdown_table, paired_f1, plot, summarise
+from model.training.trainer import (
+    MODES,
+    FinetuneConfig,
+    labelled_steps_per_epoch,
+    select_labelled,
+    show_progress,
+    train,
+)
 from model.weights import InputSpec
 
 __all__ = [
@@ -408,21 +416,17 @@ def run_seed(
     t0 = time.perf_counter()
     model = _new_model(config, k, seed)
     model.load_state_dict(base_state)
+    atcon_cfg = _train_config(
+        config,
+        mode=config.mode,
+        seed=seed,
+        epochs=config.finetune_epochs,
+        lr=config.finetune_lr,
+        run_name=f"n{n}-seed{seed}-atcon",
+        class_names=pool.class_names,
+    )
     ft = train(
-        model,
-        labelled=labelled,
-        unlabelled=unlabelled,
-        validation=splits.val,
-        spec=splits.spec,
-        config=_train_config(
-            config,
-            mode=config.mode,
-            seed=seed,
-            epochs=config.finetune_epochs,
-            lr=config.finetune_lr,
-            run_name=f"n{n}-seed{seed}-atcon",
-            class_names=pool.class_names,
-        ),
+        model, labelled=labelled, unlabelled=unlabelled, validation=splits.val, spec=splits.spec, config=atcon_cfg
     )
     at_metrics, at_arrays = _evaluate(model, splits, config, seed=seed)
     row["atcon"] = {
@@ -430,6 +434,8 @@ def run_seed(
         "val_macro_f1": ft.best_val_macro_f1,
         "start_val_macro_f1": ft.initial_val_macro_f1,
         "seconds": ft.seconds,
+        "labelled_steps": ft.labelled_steps,
+        "unlabelled_steps": ft.unlabelled_steps,
         **at_metrics,
         "history": [_history_row(h) for h in ft.history],
     }
@@ -439,34 +445,29 @@ def run_seed(
     if config.control:
         model = _new_model(config, k, seed)
         model.load_state_dict(base_state)
-        cfg = _train_config(
-            config,
-            mode="supervised",
-            seed=seed,
-            epochs=config.finetune_epochs,
-            lr=config.finetune_lr,
-            run_name=f"n{n}-seed{seed}-control",
+        ctl = train(
+            model,
+            labelled=labelled,
+            unlabelled=None,
+            validation=splits.val,
+            spec=splits.spec,
+            config=_control_config(config, atcon_cfg, len(labelled), len(unlabelled), n=n, seed=seed),
         )
-        cfg.select_initial = True
-        ctl = train(model, labelled=labelled, unlabelled=None, validation=splits.val, spec=splits.spec, config=cfg)
         ctl_metrics, ctl_arrays = _evaluate(model, splits, config, seed=seed)
         row["control"] = {
             "best_epoch": ctl.best_epoch,
             "val_macro_f1": ctl.best_val_macro_f1,
             "start_val_macro_f1": ctl.initial_val_macro_f1,
+            "labelled_steps": ctl.labelled_steps,
             **ctl_metrics,
             "history": [_history_row(h) for h in ctl.history],
         }
         arrays["control"] = ctl_arrays
+        if ctl.labelled_steps != ft.labelled_steps:  # cannot happen unless the schedules diverge
+            logger.warning("control took %d labelled steps, ATCON %d", ctl.labelled_steps, ft.labelled_steps)
 
-    targets = class_targets(splits.test.labels, multi_label=splits.test.multi_label)
-    row["paired_f1"] = paired_bootstrap_macro_f1(
-        base_arrays["probs"],
-        at_arrays["probs"],
-        targets,
-        multi_label=splits.test.multi_label,
-        runs=config.bootstrap,
-        seed=seed,
+    row["paired_f1"] = paired_f1(
+        [base_arrays["probs"]], [at_arrays["probs"]], splits.test, bootstrap=config.bootstrap, seed=seed
     )
     if "iou" in base_arrays:
         row["paired_miou"] = paired_bootstrap_mean(
@@ -488,8 +489,45 @@ def run_seed(
     return row
 
 
+def _control_config(
+    config: ExperimentConfig, atcon_cfg: FinetuneConfig, ns: int, nu: int, *, n: int, seed: int
+) -> FinetuneConfig:
+    """The supervised control of an ATCON run: per epoch exactly the labelled steps ATCON takes.
+
+    Matched through ``steps_per_epoch`` rather than by assuming the supervised epoch length, so
+    the control stays fair in every mode: alternating takes ``ceil(alpha Ns / Bs)`` labelled steps
+    (the supervised default), combined ``ceil(max(alpha Ns / Bs, Nu / Bu))``, unsupervised none
+    (the control then keeps the baseline: zero epochs).
+    """
+    cfg = _train_config(
+        config,
+        mode="supervised",
+        seed=seed,
+        epochs=config.finetune_epochs,
+        lr=config.finetune_lr,
+        run_name=f"n{n}-seed{seed}-control",
+    )
+    cfg.select_initial = True
+    lab_steps = labelled_steps_per_epoch(atcon_cfg, ns, nu)
+    if lab_steps == 0:
+        cfg.epochs = 0
+    else:
+        cfg.steps_per_epoch = lab_steps
+    return cfg
+
+
 def _history_row(h: dict[str, Any]) -> dict[str, Any]:
-    keep = ("epoch", "loss", "sup_loss", "atcon_loss", "agreement", "atcon_top_class_share", "val_macro_f1")
+    keep = (
+        "epoch",
+        "loss",
+        "sup_loss",
+        "atcon_loss",
+        "agreement",
+        "atcon_top_class_share",
+        "val_macro_f1",
+        "labelled_steps",
+        "unlabelled_steps",
+    )
     out = {k: h[k] for k in keep if k in h}
     for k in ("grad_norm_supervised", "grad_norm_unsupervised", "grad_norm_combined"):
         if k in h:
@@ -502,7 +540,9 @@ def _history_row(h: dict[str, Any]) -> dict[str, Any]:
 _NOT_IN_RUN_KEY = frozenset(
     {"images_per_class", "seeds", "out", "work_dir", "cache_baselines", "progress", "tensorboard_dir", "device"}
 )
-_RUN_FORMAT = 1
+# 2: alternating epochs with exactly ceil(alpha Ns / Bs) labelled steps (were Bernoulli draws with an
+# item-counted p) and a control matched to them: runs of format 1 are stale.
+_RUN_FORMAT = 2
 
 
 def _run_key(config: ExperimentConfig, n: int, seed: int) -> str:
@@ -697,18 +737,24 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     for run in results["runs"]:
         p = run["summary"]["paired_f1"]
         logger.info(
-            "N=%d: baseline %.1f, ATCON %.1f, diff %+.1f macro-F1 points, 95%% CI [%+.1f, %+.1f] over "
-            "test items, [%+.1f, %+.1f] over seeds and items",
+            "N=%d: baseline %.1f, ATCON %.1f, diff %+.1f macro-F1 points, 95%% CI [%+.1f, %+.1f] over seeds "
+            "and %d test videos ([%+.1f, %+.1f] over test items, [%+.1f, %+.1f] over seeds and items)",
             run["images_per_class"],
             100 * run["summary"]["baseline"]["macro_f1_mean"],
             100 * run["summary"]["atcon"]["macro_f1_mean"],
             100 * p["diff"],
+            *(100 * _nan(p.get(key)) for key in ("cluster_low", "cluster_high")),
+            p.get("clusters", 0),
             100 * p["low"],
             100 * p["high"],
-            100 * (p["seeds_low"] if p["seeds_low"] is not None else float("nan")),
-            100 * (p["seeds_high"] if p["seeds_high"] is not None else float("nan")),
+            *(100 * _nan(p.get(key)) for key in ("seeds_low", "seeds_high")),
         )
     return 0
+
+
+def _nan(v: float | None) -> float:
+    """JSON null (NaN written by :func:`jsonable`) back to NaN for printing."""
+    return float("nan") if v is None else float(v)
 
 
 if __name__ == "__main__":  # pragma: no cover

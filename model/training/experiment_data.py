@@ -30,7 +30,7 @@ from model.training.datasets import (
 )
 from model.weights import InputSpec
 
-__all__ = ["SYNTHETIC_DEFAULTS", "Splits", "load_splits"]
+__all__ = ["MIN_RECORDINGS", "SYNTHETIC_DEFAULTS", "Splits", "load_splits", "split_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ SYNTHETIC_DEFAULTS: dict[str, float] = {
     "pretrain": 0,  # event-free videos to pretrain the backbone on (distractors, visits); 0 = none
     "pretrain_epochs": 15,
 }
+
+
+# Train, validation and test each need a recording of their own.
+MIN_RECORDINGS = 3
 
 
 @dataclass
@@ -113,6 +117,31 @@ def _group_split(data: TrainingData, test: float, val: float, seed: int) -> tupl
     return tuple(np.flatnonzero(split == s) for s in range(3))
 
 
+def split_indices(
+    data: TrainingData, test: float, val: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(train, val, test, how)``: by group when items share groups, else stratified by class.
+
+    Items sharing a group are clips of one recording: neighbouring (even overlapping) clips are
+    near copies, so a per-clip split would put copies of test clips in training and inflate every
+    test score. With fewer than :data:`MIN_RECORDINGS` recordings this refuses (ValueError) rather
+    than silently falling back to a per-clip split; a split by time within a recording with a guard
+    gap would be possible, but events are rare and unevenly spread in time, so its class balance
+    would be left to chance, and a test set cut from the same few recordings still says little
+    about new ones. Items that are each their own group (image folders, VOC) are split stratified.
+    """
+    n_groups = len(np.unique(data.groups))
+    if n_groups == len(data):
+        return (*_stratified_split(data, test, val, seed), "stratified by class")
+    if n_groups < MIN_RECORDINGS:
+        raise ValueError(
+            f"{len(data)} clips come from {n_groups} recording(s); splitting them by recording needs at least "
+            f"{MIN_RECORDINGS} (train, validation, test), and a per-clip split would leak neighbouring clips "
+            "of one recording into the test set: add recordings"
+        )
+    return (*_group_split(data, test, val, seed), "by group")
+
+
 def load_splits(
     data_spec: str,
     work_dir: Path,
@@ -124,8 +153,9 @@ def load_splits(
     """Load ``data_spec`` and split it into train pool / validation / test.
 
     The split is fixed (it does not depend on the training seed), so every seed and every model
-    is scored on the same held-out items. Synthetic data is split by video; videos from a CSV
-    by recording when there are at least three; everything else stratified by class.
+    is scored on the same held-out items. Synthetic data is split by video (its own videos per
+    split); other data by :func:`split_indices`: by recording when items share recordings (a CSV
+    of videos; fewer than three recordings is an error), else stratified by class.
     """
     kind, _, rest = data_spec.partition(":")
     size = (image_size, image_size) if image_size else None
@@ -147,9 +177,7 @@ def load_splits(
         data = annotated_videos(path, spec, stride_seconds=float(opts["stride"]) if "stride" in opts else None)
     else:
         raise ValueError(f"unknown data kind {kind!r}: use imagefolder:PATH, voc:PATH, csv:PATH or synthetic[:K=V,...]")
-    grouped = len(np.unique(data.groups)) < len(data) and len(np.unique(data.groups)) >= 3
-    split = _group_split if grouped else _stratified_split
-    tr, va, te = split(data, test_fraction, val_fraction, 0)
+    tr, va, te, how = split_indices(data, test_fraction, val_fraction, 0)
     if min(tr.size, va.size, te.size) == 0:
         raise ValueError(f"{data_spec}: too few items to split into train/val/test ({len(data)} items)")
     spec = data.input_spec()
@@ -163,7 +191,7 @@ def load_splits(
             "classes": data.class_names,
             "multi_label": data.multi_label,
             "items": {"train": int(tr.size), "val": int(va.size), "test": int(te.size)},
-            "split": "by group" if grouped else "stratified by class",
+            "split": how,
             "input": spec.to_dict(),
         },
     )

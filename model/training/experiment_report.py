@@ -12,16 +12,38 @@ from typing import Any
 
 import numpy as np
 
+from model.training.cluster_bootstrap import paired_cluster_bootstrap_macro_f1
 from model.training.datasets import TrainingData
 from model.training.evaluation import class_targets, paired_bootstrap_macro_f1, paired_bootstrap_mean
 
-__all__ = ["jsonable", "markdown_table", "plot", "summarise"]
+__all__ = ["jsonable", "markdown_table", "paired_f1", "plot", "summarise"]
+
+
+def paired_f1(
+    probs_a: list[np.ndarray], probs_b: list[np.ndarray], test: TrainingData, *, bootstrap: int, seed: int = 0
+) -> dict[str, Any]:
+    """The paired macro-F1 bootstraps of B - A on ``test``: the item-level ones (``low``/``high``,
+    ``seeds_*``) and, as ``cluster_*``, seeds crossed with test videos (``test.groups``), the
+    headline interval, since clips of one video are not independent evidence."""
+    targets = class_targets(test.labels, multi_label=test.multi_label)
+    out: dict[str, Any] = paired_bootstrap_macro_f1(
+        probs_a, probs_b, targets, multi_label=test.multi_label, runs=bootstrap, seed=seed
+    )
+    cluster = paired_cluster_bootstrap_macro_f1(
+        probs_a, probs_b, targets, test.groups, multi_label=test.multi_label, runs=bootstrap, seed=seed
+    )
+    out.update(
+        cluster_low=cluster["low"],
+        cluster_high=cluster["high"],
+        cluster_p_le_zero=cluster["p_le_zero"],
+        clusters=cluster["groups"],
+    )
+    return out
 
 
 def summarise(rows: list[dict[str, Any]], test: TrainingData, *, bootstrap: int = 1000) -> dict[str, Any]:
     """Per-N summary over seeds: means, the seed-averaged paired bootstraps (ATCON vs baseline,
     vs control; mIoU and pointing game where regions exist) and how often ATCON kept its start."""
-    targets = class_targets(test.labels, multi_label=test.multi_label)
 
     def vals(model: str, key: str) -> list[float]:
         return [float(r[model][key]) for r in rows if model in r and r[model].get(key) is not None]
@@ -42,24 +64,16 @@ def summarise(rows: list[dict[str, Any]], test: TrainingData, *, bootstrap: int 
                 entry[f"{key}_mean"] = float(np.mean(v))
         summary[model] = entry
     arrays = [r["_arrays"] for r in rows]
-    summary["paired_f1"] = paired_bootstrap_macro_f1(
-        [a["baseline"]["probs"] for a in arrays],
-        [a["atcon"]["probs"] for a in arrays],
-        targets,
-        multi_label=test.multi_label,
-        runs=bootstrap,
+    summary["paired_f1"] = paired_f1(
+        [a["baseline"]["probs"] for a in arrays], [a["atcon"]["probs"] for a in arrays], test, bootstrap=bootstrap
     )
     diffs = [r["paired_f1"]["diff"] for r in rows]
     summary["paired_f1"]["per_seed"] = diffs
     summary["paired_f1"]["seeds_positive"] = int(sum(d > 0 for d in diffs))
     summary["atcon_selected_start"] = int(sum(r["atcon"]["best_epoch"] == -1 for r in rows))
     if all("control" in a for a in arrays):
-        summary["paired_f1_vs_control"] = paired_bootstrap_macro_f1(
-            [a["control"]["probs"] for a in arrays],
-            [a["atcon"]["probs"] for a in arrays],
-            targets,
-            multi_label=test.multi_label,
-            runs=bootstrap,
+        summary["paired_f1_vs_control"] = paired_f1(
+            [a["control"]["probs"] for a in arrays], [a["atcon"]["probs"] for a in arrays], test, bootstrap=bootstrap
         )
     if all("iou" in a["baseline"] for a in arrays):
         summary["paired_miou"] = paired_bootstrap_mean(
@@ -84,29 +98,21 @@ def markdown_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     has_loc = any("paired_miou" in r["summary"] for r in results["runs"])
     has_ctl = any("control" in r["summary"] for r in results["runs"])
-    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [CI items]", "[CI seeds × items]", "seeds Δ>0"]
+    head = ["N / class", "seeds", "baseline F1", "ATCON F1", "Δ F1 [CI seeds × videos]", "[CI items]"]
+    head += ["[CI seeds × items]", "seeds Δ>0"]
     if has_ctl:
-        head += ["control F1", "Δ vs control [CI]"]
+        head += ["control F1", "Δ vs control [CI seeds × videos]"]
     if has_loc:
         head += ["mIoU base → ATCON", "Δ mIoU [CI]", "pointing base → ATCON", "Δ pointing [CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in results["runs"]:
         s = run["summary"]
-        p = s["paired_f1"]
-        cells = [
-            str(run["images_per_class"]),
-            str(len(run["seeds"])),
-            f"{_pct(s['baseline']['macro_f1_mean'])} ± {_pct(s['baseline']['macro_f1_std'])}",
-            f"{_pct(s['atcon']['macro_f1_mean'])} ± {_pct(s['atcon']['macro_f1_std'])}",
-            f"{_signed(p['diff'])} [{_signed(p['low'])}, {_signed(p['high'])}]",
-            f"[{_signed(p.get('seeds_low'))}, {_signed(p.get('seeds_high'))}]",
-            f"{p['seeds_positive']}/{len(run['seeds'])}",
-        ]
+        cells = [str(run["images_per_class"]), str(len(run["seeds"])), *_f1_cells(s, len(run["seeds"]))]
         if has_ctl:
             c = s.get("paired_f1_vs_control", {})
             cells += [
                 f"{_pct(s.get('control', {}).get('macro_f1_mean'))}",
-                f"{_signed(c.get('diff'))} [{_signed(c.get('seeds_low'))}, {_signed(c.get('seeds_high'))}]",
+                f"{_signed(c.get('diff'))} [{_signed(c.get('cluster_low'))}, {_signed(c.get('cluster_high'))}]",
             ]
         if has_loc:
             m, q = s.get("paired_miou", {}), s.get("paired_pointing", {})
@@ -123,11 +129,26 @@ def markdown_table(results: dict[str, Any]) -> str:
         + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
         + _non_default_options(cfg)
         + f". Values are points (x100), mean ± std over seeds. 95% CIs of the paired difference "
-        f"({cfg['bootstrap']} bootstrap resamples): 'items' resamples the test items with the seeds fixed; "
-        "'seeds × items' also resamples the training seeds, so one lucky seed cannot carry it "
-        "(control, mIoU and pointing columns show the seeds × items interval).\n"
+        f"({cfg['bootstrap']} bootstrap resamples): 'seeds × videos' (the headline) resamples the test videos "
+        "(recordings; single items when the data has none) and, independently, the training seeds, because "
+        "clips of one video are not independent evidence; 'items' resamples the test clips with the seeds "
+        "fixed; 'seeds × items' resamples the seeds and the clips, so one lucky seed cannot carry it "
+        "(mIoU and pointing columns show the seeds × items interval).\n"
     )
     return "\n".join(lines) + "\n" + note
+
+
+def _f1_cells(s: dict[str, Any], seeds: int) -> list[str]:
+    """Baseline, ATCON, Δ with the seeds × videos CI, the item-level CIs and the seeds with Δ > 0."""
+    p = s["paired_f1"]
+    return [
+        f"{_pct(s['baseline']['macro_f1_mean'])} ± {_pct(s['baseline']['macro_f1_std'])}",
+        f"{_pct(s['atcon']['macro_f1_mean'])} ± {_pct(s['atcon']['macro_f1_std'])}",
+        f"{_signed(p['diff'])} [{_signed(p.get('cluster_low'))}, {_signed(p.get('cluster_high'))}]",
+        f"[{_signed(p['low'])}, {_signed(p['high'])}]",
+        f"[{_signed(p.get('seeds_low'))}, {_signed(p.get('seeds_high'))}]",
+        f"{p['seeds_positive']}/{seeds}",
+    ]
 
 
 # ATCON and schedule options the table's note names when they differ from the defaults.
@@ -153,7 +174,7 @@ def _non_default_options(cfg: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> Path:
     """PNG: macro-F1 (mean ± std over seeds) against labelled items per class, and beside it the
-    paired differences (ATCON - baseline, ATCON - control) with their seeds × items 95% CIs."""
+    paired differences (ATCON - baseline, ATCON - control) with their seeds × videos 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,13 +203,13 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         if not all(key in r["summary"] for r in runs):
             continue
         diffs = [100 * r["summary"][key]["diff"] for r in runs]
-        low = [100 * _or_nan(r["summary"][key].get("seeds_low")) for r in runs]
-        high = [100 * _or_nan(r["summary"][key].get("seeds_high")) for r in runs]
+        low = [100 * _or_nan(_interval(r["summary"][key])[0]) for r in runs]
+        high = [100 * _or_nan(_interval(r["summary"][key])[1]) for r in runs]
         err = [[d - lo for d, lo in zip(diffs, low, strict=True)], [hi - d for d, hi in zip(diffs, high, strict=True)]]
         dx.errorbar([x * shift for x in xs], diffs, yerr=err, fmt=style, capsize=3, label=label)
     dx.axhline(0.0, color="grey", lw=0.8)
     dx.set_ylabel("Δ macro-F1 (points)")
-    dx.set_title("paired differences, 95% CI over seeds × test items", fontsize=9)
+    dx.set_title("paired differences, 95% CI over seeds × test videos", fontsize=9)
     dx.legend(fontsize=7)
     for a in (ax, dx):
         a.set_xscale("log", base=2)
@@ -199,6 +220,13 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _interval(p: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The headline (seeds × videos) interval; results written before it existed give seeds × items."""
+    if "cluster_low" in p:
+        return p.get("cluster_low"), p.get("cluster_high")
+    return p.get("seeds_low"), p.get("seeds_high")
 
 
 def _or_nan(v: float | None) -> float:

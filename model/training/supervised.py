@@ -457,6 +457,7 @@ def train_demo_model(
     input_spec: InputSpec = DEMO_INPUT_SPEC,
     events_per_minute: float = 5.0,
     train_stride_seconds: float | None = None,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
     """Train the demo classifier on synthetic ward video and save a Wardwatch checkpoint.
 
@@ -469,13 +470,18 @@ def train_demo_model(
     cost; validation clips do not overlap, as in the worker.
     Returns a summary dict: path, sha256, size, class names, input spec, metrics, timings.
     Videos are written to ``work_dir`` (a temporary directory when None, removed afterwards).
+    ``pretrained``: start from these weights (a :mod:`model.pretrained` spec such as
+    ``torchvision:r3d_18`` or a file), checked before the data is generated so a missing file
+    fails at once.
     """
     import tempfile
 
-    from model.nets import build_model
+    from model.pretrained import build_pretrained_model, check_pretrained
     from model.training.synthetic_data import make_synthetic_dataset
     from model.weights import save_checkpoint
 
+    if pretrained:
+        check_pretrained(pretrained, arch=arch)
     t0 = time.perf_counter()
     stride = input_spec.clip_seconds / 2 if train_stride_seconds is None else train_stride_seconds
     with tempfile.TemporaryDirectory(prefix="wardwatch-demo-") as tmp:
@@ -509,7 +515,7 @@ def train_demo_model(
     )
     config = replace(DEMO_TRAIN_CONFIG, epochs=epochs, seed=seed, device=device, progress=progress)
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes=len(DEMO_CLASS_NAMES))
+    model = build_pretrained_model(arch, num_classes=len(DEMO_CLASS_NAMES), pretrained=pretrained)
     result = train_supervised(model, train, val, input_spec=input_spec, config=config)
     metrics: dict[str, Any] = {
         "best_epoch": result.best_epoch,
@@ -521,6 +527,8 @@ def train_demo_model(
         "seed": seed,
         "train_seconds": round(result.seconds, 1),
     }
+    if pretrained:
+        metrics["pretrained"] = pretrained
     if result.best is not None:
         metrics.update({f"val_{k}": v for k, v in result.best.as_metrics(list(DEMO_CLASS_NAMES)).items()})
     sha = save_checkpoint(

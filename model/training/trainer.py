@@ -8,11 +8,18 @@ their batch sizes, ``alpha`` the labelled oversampling factor (not a loss weight
   ``ceil(alpha * Ns / Bs)`` steps, the same labelled exposure as an alternating epoch, so epochs
   of both modes are comparable;
 * ``unsupervised``: the ATCON loss only, BatchNorm frozen; ``ceil(Nu / Bu)`` steps;
-* ``alternating`` (the paper's main mode): each step is a labelled batch with probability
-  ``p = alpha * Ns / (alpha * Ns + Nu)``, otherwise an unlabelled one; an epoch is
-  ``ceil(alpha * Ns / Bs + Nu / Bu)`` steps;
+* ``alternating`` (the paper's main mode): an epoch is ``ceil(alpha * Ns / Bs)`` labelled and
+  ``ceil(Nu / Bu)`` unlabelled steps in a random order drawn per epoch (:func:`epoch_schedule`),
+  so a step is labelled with probability ``p = (alpha Ns / Bs) / (alpha Ns / Bs + Nu / Bu)``,
+  counted in *batches*: ATCON.md's ``alpha Ns / (alpha Ns + Nu)`` counts items, which with
+  ``Bs != Bu`` gives fewer labelled steps than the supervised control (2.2 instead of 4 per epoch
+  for Ns = 8, Nu = 700, Bs = 16, Bu = 32, alpha = 8);
 * ``combined``: ``L = L_sup(labelled batch) + lambda * L_atcon(unlabelled batch)`` every step;
-  ``ceil(max(alpha * Ns / Bs, Nu / Bu))`` steps.
+  ``ceil(max(alpha * Ns / Bs, Nu / Bu))`` steps, each one labelled *and* unlabelled, so the labelled
+  set is seen at least ``alpha`` times per epoch (more when the pool is larger): a step-matched
+  control must take :func:`epoch_plan`'s labelled steps, not ``ceil(alpha Ns / Bs)``.
+
+:class:`TrainResult` counts the steps that used a labelled and an unlabelled batch.
 
 Adam at a constant learning rate. After every epoch the model is scored on the validation set
 (macro-F1) and the best weights are kept (optionally the starting weights count as "epoch -1",
@@ -66,6 +73,8 @@ __all__ = [
     "TrainingCancelled",
     "augment",
     "epoch_plan",
+    "epoch_schedule",
+    "labelled_steps_per_epoch",
     "select_labelled",
     "show_progress",
     "supervised_loss",
@@ -94,7 +103,8 @@ class FinetuneConfig:
         weight_decay: Adam L2 weight decay.
         batch_size: labelled batch size ``Bs``.
         unlabelled_batch_size: unlabelled batch size ``Bu``.
-        alpha: labelled oversampling factor (alternating: ``p = alpha Ns / (alpha Ns + Nu)``).
+        alpha: labelled oversampling factor: ``ceil(alpha Ns / Bs)`` labelled steps per epoch
+            (supervised and alternating; see the module docstring).
         atcon_weight: ``lambda`` of the combined mode.
         grad_clip: max global gradient norm for every step (None = no clipping).
         atcon_grad_clip: max norm for unsupervised steps only (ATCON gradients can be ~20x the
@@ -193,7 +203,9 @@ class TrainResult:
     """Outcome of :func:`train`. ``model`` holds the best weights, in eval mode.
 
     ``best_epoch`` is -1 when the starting weights were best. ``history``: one row per epoch
-    (losses, agreement, gradient norms, validation macro-F1, step counts).
+    (losses, agreement, gradient norms, validation macro-F1, step counts). ``labelled_steps`` /
+    ``unlabelled_steps``: steps that used a labelled / an unlabelled batch (a combined step counts
+    in both), the numbers a step-matched control is compared on.
     """
 
     model: nn.Module
@@ -203,6 +215,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     steps: int
     seconds: float
+    labelled_steps: int = 0
+    unlabelled_steps: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,19 +266,56 @@ def select_labelled(
     return np.sort(np.asarray(taken, dtype=np.int64))
 
 
+def _labelled_batches(ns: int, bs: int, alpha: float) -> int:
+    """``ceil(alpha Ns / Bs)``: the labelled steps of a supervised and of an alternating epoch."""
+    return max(1, math.ceil(alpha * ns / bs))
+
+
 def epoch_plan(mode: str, ns: int, nu: int, bs: int, bu: int, alpha: float) -> tuple[int, float]:
-    """``(steps per epoch, probability of a labelled step)`` for a schedule (module docstring)."""
+    """``(steps per epoch, share of labelled steps)`` for a schedule (module docstring).
+
+    The alternating share is counted in batches, ``L / (L + U)`` with ``L = ceil(alpha Ns / Bs)``
+    and ``U = ceil(Nu / Bu)``, so an alternating epoch has exactly the labelled steps of a
+    supervised one (both use ``ceil``; ``round`` would change the supervised epoch, and with it
+    every cached baseline).
+    """
     if mode == "supervised":
-        return max(1, math.ceil(alpha * ns / bs)), 1.0
+        return _labelled_batches(ns, bs, alpha), 1.0
     if mode == "unsupervised":
         return max(1, math.ceil(nu / bu)), 0.0
     if mode == "combined":
         return max(1, math.ceil(max(alpha * ns / bs, nu / bu))), 1.0
     if mode == "alternating":
-        total = alpha * ns + nu
-        p = alpha * ns / total if total > 0 else 0.0
-        return max(1, math.ceil(alpha * ns / bs + nu / bu)), p
+        lab = _labelled_batches(ns, bs, alpha) if ns else 0
+        unl = math.ceil(nu / bu) if nu else 0
+        return max(1, lab + unl), (lab / (lab + unl) if lab + unl else 0.0)
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def labelled_steps_per_epoch(config: FinetuneConfig, ns: int, nu: int) -> int:
+    """Steps per epoch of ``config`` that use a labelled batch (``steps_per_epoch`` honoured).
+
+    What a step-matched supervised control sets as its ``steps_per_epoch`` (0: unsupervised).
+    """
+    steps, p = epoch_plan(config.mode, ns, nu, config.batch_size, config.unlabelled_batch_size, config.alpha)
+    steps = int(config.steps_per_epoch) if config.steps_per_epoch else steps
+    return int(round(p * steps))
+
+
+def epoch_schedule(mode: str, steps: int, p_labelled: float, rng: np.random.Generator) -> list[str]:
+    """The kind of every step of one epoch: ``supervised`` / ``unsupervised`` / ``combined``.
+
+    Alternating epochs are a random permutation of exactly ``round(p * steps)`` labelled steps and
+    the rest unlabelled, not a Bernoulli draw per step: a Bernoulli epoch has a binomial number of
+    labelled steps (sd ~ 1.5 of 4 expected at N = 2), so ATCON and its step-matched supervised
+    control would differ by chance in the very quantity the control holds fixed. Other modes draw
+    nothing (their random stream, hence cached baselines, is unchanged).
+    """
+    if mode != "alternating":
+        return [mode] * steps
+    n_lab = int(round(p_labelled * steps))
+    labelled = rng.permutation(steps) < n_lab
+    return ["supervised" if lab else "unsupervised" for lab in labelled]
 
 
 class _Cycler:
@@ -512,14 +563,12 @@ def train(
             stats = _Stats()
             t0 = time.perf_counter()
             bar = tqdm(range(steps), desc=f"{mode} epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show)
+            kinds = epoch_schedule(mode, steps, p_labelled, rng)
             for step in bar:
                 if should_cancel is not None and should_cancel():
                     logger.info("training cancelled at epoch %d step %d", epoch, step)
                     raise TrainingCancelled(f"cancelled at epoch {epoch} step {step}")
-                if mode == "alternating":
-                    kind = "supervised" if rng.random() < p_labelled else "unsupervised"
-                else:
-                    kind = mode
+                kind = kinds[step]
                 loss = _one_step(
                     kind,
                     model,
@@ -547,7 +596,7 @@ def train(
                     on_progress(
                         TrainProgress(epoch, config.epochs, step + 1, steps, global_step, loss, last_val, "step")
                     )
-            row: dict[str, Any] = {"epoch": epoch, "steps": steps, **stats.means()}
+            row: dict[str, Any] = {"epoch": epoch, "steps": steps, **stats.means(), **_step_counts(kinds)}
             if has_val:
                 assert validation is not None
                 f1, per = _validate(model, validation, spec, config)
@@ -615,7 +664,17 @@ def train(
         history=history,
         steps=global_step,
         seconds=time.perf_counter() - t_start,
+        labelled_steps=sum(int(h.get("labelled_steps", 0)) for h in history),
+        unlabelled_steps=sum(int(h.get("unlabelled_steps", 0)) for h in history),
     )
+
+
+def _step_counts(kinds: list[str]) -> dict[str, int]:
+    """Steps of an epoch that used a labelled / an unlabelled batch (combined steps use both)."""
+    return {
+        "labelled_steps": sum(k in ("supervised", "combined") for k in kinds),
+        "unlabelled_steps": sum(k in ("unsupervised", "combined") for k in kinds),
+    }
 
 
 def _fmt(v: Any) -> str:

@@ -8,19 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+from model.attribution.agreement import (
+    SIMILARITIES,
+    dot_similarity,
+    pearson_similarity,
+    safe_zscore,
+    soft_mask,
+    ssim_similarity,
+)
 from model.nets import build_model
 from model.training.atcon import (
     FINE_METHODS,
     RESOLUTION_MATCHES,
-    SIMILARITIES,
     ATCONConfig,
     ATCONLoss,
-    dot_similarity,
-    pearson_similarity,
     reflect_padding,
-    safe_zscore,
-    soft_mask,
-    ssim_similarity,
     unsupervised_mode,
 )
 
@@ -253,38 +255,23 @@ def test_config_rejects_unknown_option_names() -> None:
         ATCONConfig(fine_method="saliency")
 
 
-def test_fused_pass_matches_the_engine_and_leaks_no_graph(image_model: nn.Module) -> None:
-    """The loss repeats the engine's fused Grad-CAM + Guided Backprop pass inside ``traced``,
-    which empties each Trace (its tensor hooks otherwise keep the whole graph alive)."""
-    import gc
-
-    from model.attribution.fused import fused_maps
-    from model.attribution.trace import Trace
+def test_fused_step_matches_separate_calls(image_model: nn.Module, clip_model: nn.Module) -> None:
+    """ATCON's input pass is the engine's public fused step: the same maps as separate calls."""
+    from model.attribution import GradCAM, GuidedBackprop, fused_step
     from model.nets import default_target_layer
-    from model.training.atcon import GradCAM, fused_cam_and_guided
 
-    layer = default_target_layer(image_model)
-    x = torch.randn(3, 3, 16, 16, requires_grad=True)
-    image_model.eval()
-    try:
-        ref = fused_maps(image_model, x, layer, None, per_time_step=True, create_graph=False)
-        targets, cam, guided = fused_cam_and_guided(
-            image_model, x, layer, cam_method=GradCAM(image_model, layer), per_time_step=True
-        )
-    finally:
-        image_model.train()
-    assert torch.equal(targets, ref.targets)
-    torch.testing.assert_close(cam.detach(), ref.cam)
-    torch.testing.assert_close(guided.detach(), ref.guided)
-    del ref, cam, guided
-    gc.collect()
-    before = sum(type(o) is Trace for o in gc.get_objects())
-    for rm in RESOLUTION_MATCHES:
-        out = ATCONLoss(image_model, config=ATCONConfig(resolution_match=rm))(torch.randn(2, 3, 16, 16))
-        out.loss.backward()
-        del out
-    gc.collect()
-    assert sum(type(o) is Trace for o in gc.get_objects()) == before
+    for model, x in ((image_model, torch.randn(3, 3, 16, 16)), (clip_model, torch.randn(2, 3, 4, 16, 16))):
+        layer = default_target_layer(model)
+        model.eval()
+        try:
+            maps = fused_step(model, x, layer, None)
+            cam = GradCAM(model, layer).attribute(x, maps.targets, relu=False, upsample=False, per_time_step=True)
+            guided = GuidedBackprop(model).attribute(x, maps.targets)
+        finally:
+            model.train()
+        assert maps.fused
+        torch.testing.assert_close(maps.cam(per_time_step=True), cam)
+        torch.testing.assert_close(maps.guided, guided)
 
 
 class _FunctionalReLUNet(nn.Module):
@@ -320,13 +307,13 @@ def test_the_relu_watch_runs_once_per_loss(image_model: nn.Module, monkeypatch: 
     from model.attribution import trace as trace_module
 
     calls: list[bool] = []
-    original = trace_module.traced_forward
+    original = trace_module._traced_forward
 
     def spy(*args: object, **kwargs: object) -> object:
         calls.append(bool(kwargs.get("guided")) and bool(kwargs.get("watch_functional_relu", True)))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("model.training.atcon.traced_forward", spy)
+    monkeypatch.setattr(trace_module, "_traced_forward", spy)
     loss = ATCONLoss(image_model)
     for _ in range(3):
         loss(torch.randn(2, 3, 16, 16)).loss.backward()

@@ -25,9 +25,9 @@ from model.attribution import (
     GuidedBackprop,
     GuidedGradCAM,
     IntegratedGradients,
-    agreement,
+    consistency,
     explain,
-    map_similarity,
+    similarity,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -528,11 +528,12 @@ class DiffNet(nn.Module):
 
 
 def _atcon_like_loss(net: DiffNet, x: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
-    """-similarity(cam, guided map) plus map terms: exercises GradCAM, GuidedBackprop, agreement."""
+    """Map terms plus ATCON's consistency: exercises GradCAM, GuidedBackprop and the agreement."""
     cam = GradCAM(net, net.conv2).attribute(x, [0, 1], relu=False, upsample=False, create_graph=create_graph)
     gb = GuidedBackprop(net).attribute(x, [0, 1], create_graph=create_graph)
     weights = torch.linspace(-1.0, 1.0, cam[0].numel(), dtype=x.dtype).view_as(cam[0])
-    return (cam * weights).sum() + (gb**2).sum() - agreement(cam, gb).sum()
+    agree = consistency(net, x, net.conv2, target=[0, 1], create_graph=create_graph).score
+    return (cam * weights).sum() + (gb**2).sum() - agree.sum()
 
 
 def test_create_graph_matches_finite_differences() -> None:
@@ -601,21 +602,25 @@ def test_integrated_gradients_chunking_does_not_change_results() -> None:
     _assert_clean(net)
 
 
-def test_agreement_values_and_resolutions() -> None:
+def test_similarity_values() -> None:
     torch.manual_seed(7)
     a = torch.rand(3, 4, 4)
-    assert torch.allclose(map_similarity(a, a), torch.ones(3), atol=1e-5)
-    assert torch.allclose(map_similarity(a, -a), -torch.ones(3), atol=1e-5)  # sigmoid(-z) = 1 - sigmoid(z)
-    flat = map_similarity(a, torch.zeros(3, 4, 4))  # constant map: 0, never NaN
+    assert torch.allclose(similarity(a, a), torch.ones(3), atol=1e-4)  # the floor in the denominator
+    assert torch.allclose(similarity(a, -a), -torch.ones(3), atol=1e-4)  # sigmoid(-z) = 1 - sigmoid(z)
+    flat = similarity(a, torch.zeros(3, 4, 4))  # constant map: 0, never NaN
     assert torch.equal(flat, torch.zeros(3))
-    # A coarse map against a fine one made of its 2x2 blocks (and 3 colour channels): identical.
-    fine = a.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None].repeat(1, 3, 1, 1) / 3
-    torch.testing.assert_close(agreement(a, fine), torch.ones(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(agreement(fine.sum(1), a), torch.ones(3), atol=1e-5, rtol=0)
-    assert agreement(a, fine, resolution="upsample").shape == (3,)
-    clip_cam = torch.rand(2, 2, 4, 4)
-    clip_fine = torch.randn(2, 3, 8, 16, 16)
-    score = agreement(clip_cam, clip_fine)
-    assert score.shape == (2,) and torch.all(score.abs() <= 1)
-    with pytest.raises(AttributionError):
-        agreement(a, torch.rand(2, 8, 8))
+    assert similarity(a, -a, "dot").allclose(torch.ones(3), atol=1e-4)  # absolute cosine
+    with pytest.raises(ValueError, match="differ in shape"):
+        similarity(a, torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        similarity(a, a, "cosine")
+
+
+def test_consistency_of_clips_is_bounded_and_per_sample() -> None:
+    net = _seeded(TinyRes()).eval()
+    x = torch.randn(3, 3, 8, 8)
+    out = consistency(net, x, net.layer[-1])
+    assert out.score.shape == (3,) and torch.all(out.score.abs() <= 1)
+    torch.testing.assert_close(out.loss, -out.score)
+    alone = torch.cat([consistency(net, x[i : i + 1], net.layer[-1]).score for i in range(3)])
+    torch.testing.assert_close(out.score, alone, atol=1e-5, rtol=1e-4)

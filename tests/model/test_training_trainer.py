@@ -84,17 +84,17 @@ def _fresh(seed: int = 0) -> nn.Module:
 
 
 def test_epoch_plan_matches_the_formulas() -> None:
-    # alternating: p = alpha Ns / (alpha Ns + Nu), steps = alpha Ns / Bs + Nu / Bu
+    # alternating: ceil(alpha Ns / Bs) labelled + ceil(Nu / Bu) unlabelled steps, p counted in batches
     steps, p = epoch_plan("alternating", ns=20, nu=180, bs=4, bu=10, alpha=8.0)
-    assert p == pytest.approx(160 / 340)
+    assert p == pytest.approx(40 / 58)
     assert steps == 40 + 18
     assert epoch_plan("supervised", 20, 180, 4, 10, 8.0) == (40, 1.0)
     assert epoch_plan("unsupervised", 20, 180, 4, 10, 8.0) == (18, 0.0)
     assert epoch_plan("combined", 20, 180, 4, 10, 8.0) == (40, 1.0)
-    assert epoch_plan("alternating", 3, 5, 4, 4, 1.0)[0] == math.ceil(3 / 4 + 5 / 4)
+    assert epoch_plan("alternating", 3, 5, 4, 4, 1.0)[0] == math.ceil(3 / 4) + math.ceil(5 / 4)
 
 
-def test_alternating_draws_labelled_batches_with_probability_p() -> None:
+def test_alternating_epoch_has_exactly_its_labelled_steps() -> None:
     data = toy_images(24)
     labelled, unlabelled = data.subset(np.arange(4)), data.subset(np.arange(4, 24), unlabel=True)
     config = _small_config(epochs=1, steps_per_epoch=None, alpha=5.0, batch_size=1, unlabelled_batch_size=1, lr=1e-4)
@@ -102,9 +102,8 @@ def test_alternating_draws_labelled_batches_with_probability_p() -> None:
     assert (steps, p) == (40, 0.5)
     result = train(_fresh(), labelled=labelled, unlabelled=unlabelled, validation=None, spec=SPEC, config=config)
     row = result.history[0]
-    sup, unsup = row.get("supervised_steps", 0), row.get("unsupervised_steps", 0)
-    assert sup + unsup == steps == result.steps
-    assert 8 <= sup <= 32  # binomial(40, 0.5): outside this range with probability < 1e-4
+    assert row["supervised_steps"] == row["labelled_steps"] == result.labelled_steps == 20
+    assert row["unsupervised_steps"] == result.unlabelled_steps == 20 == result.steps - 20
 
 
 def test_select_labelled_respects_the_budget() -> None:
