@@ -56,7 +56,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from model.pretrained import PretrainedWeightsError
-    from model.training.supervised import train_demo_model
+    from model.training.demo_recipe import train_demo_model
 
     # Options left out keep the recipe's defaults (passing None would override them).
     sizes = {k: v for k, v in (("videos", args.videos), ("seconds", args.seconds), ("epochs", args.epochs))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from model.training.finetune import TrainingCancelled, finetune
-from model.training.trainer import TrainProgress
+from model.training.loop import TrainProgress
 from model.weights import load_checkpoint
 from server.db.base import utcnow
 from server.db.session import session_scope

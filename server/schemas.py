@@ -138,7 +138,7 @@ class Health(BaseModel):
 
 
 class FinetuneJobCreate(BaseModel):
-    """An admin's fine-tune request. Hyper-parameters are ``model.training.trainer.FinetuneConfig`` fields."""
+    """An admin's fine-tune request. Hyper-parameters are ``model.training.config.TrainConfig`` fields."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Turn reviewed events and scored clips into ATCON training data (``model.training.datasets.ReviewedClip``).
+"""Turn reviewed events and scored clips into ATCON training data (``model.training.sources.ReviewedClip``).
 
 * labelled: every clip overlapping a reviewed event. Confirmed / relabelled = positive for the (new) label and
   negative for the rest; rejected = negative for that label, unknown (NaN, ignored by the loss) for the rest.
@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from model.training.datasets import ReviewedClip, labels_from_review
+from model.training.sources import ReviewedClip, labels_from_review
 from server.db.tables import Clip, Event, EventStatus, ModelVersion, Recording, RecordingStatus
 
 REVIEWED = (EventStatus.confirmed, EventStatus.relabelled, EventStatus.rejected)

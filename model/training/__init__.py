@@ -1,7 +1,15 @@
-"""Training: synthetic labelled clips, supervised training loops, metrics.
+"""Training: one loop for every model of the project, ATCON as a step strategy inside it.
 
-Structured like the torchvision reference scripts, split by job: ``synthetic_data`` builds
-datasets, ``supervised`` holds ``train_one_epoch`` / ``evaluate`` / ``train_supervised`` and the
-demo recipe, ``metrics`` the F1 family, ``detection_eval`` event-level recall and false alarms.
-(The ATCON fine-tuning loop lives beside these modules and reuses them.)
+Split by job, in the style of the torchvision reference scripts:
+
+* the loop: ``config`` (``TrainConfig``), ``schedule`` (labelled subset, epoch length, step kinds),
+  ``loader`` (``torch.utils.data`` batches), ``augment``, ``steps`` (supervised / ATCON / combined
+  steps), ``loop`` (``train_one_epoch``, ``train``), ``validation`` (``evaluate``), ``checkpoints``;
+* ATCON: ``atcon`` (the loss around :func:`model.attribution.consistency.consistency`, BatchNorm
+  handling, reflect padding);
+* data: ``training_data`` (the container), ``sources/`` (reviewed clips, annotated videos, image
+  folders and VOC, synthetic ward video), ``synthetic_data``, ``toy_data``;
+* measurement: ``metrics``, ``bootstrap``, ``localisation``, ``prediction``, ``detection_eval``;
+* users of the loop: ``demo_recipe`` (the shipped demo model), ``finetune`` (the server's jobs),
+  ``experiment*`` (baseline vs ATCON vs control, pre-registered test).
 """

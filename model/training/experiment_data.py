@@ -19,15 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from model.training.datasets import (
-    TrainingData,
-    annotated_videos,
-    image_folder,
-    load_npz,
-    save_npz,
-    synthetic_ward,
-    voc,
-)
+from model.training.sources import annotated_videos, image_folder, synthetic_ward, voc
+from model.training.training_data import TrainingData, load_npz, save_npz
 from model.weights import InputSpec
 
 __all__ = ["MIN_RECORDINGS", "SYNTHETIC_DEFAULTS", "Splits", "load_splits", "split_indices"]

@@ -12,9 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from model.training.cluster_bootstrap import paired_cluster_bootstrap_macro_f1
-from model.training.datasets import TrainingData
-from model.training.evaluation import class_targets, paired_bootstrap_macro_f1, paired_bootstrap_mean
+from model.training.bootstrap import (
+    paired_bootstrap_macro_f1,
+    paired_bootstrap_mean,
+    paired_cluster_bootstrap_macro_f1,
+)
+from model.training.metrics import class_targets
+from model.training.training_data import TrainingData
 
 __all__ = ["jsonable", "markdown_table", "paired_f1", "plot", "summarise"]
 

@@ -18,7 +18,7 @@ Base checkpoint in, candidate checkpoint out::
 The base model's architecture, class names and input spec carry over unchanged. Both the base
 and the fine-tuned model are scored on the same validation clips (the side-by-side comparison).
 The candidate file is written atomically by :func:`model.weights.save_checkpoint` only after
-training finished; a cancelled job raises :class:`~model.training.trainer.TrainingCancelled`
+training finished; a cancelled job raises :class:`~model.training.loop.TrainingCancelled`
 and leaves no file at ``out_path`` (a resumable state in ``work_dir``, if given, is always a
 complete file).
 """
@@ -26,7 +26,6 @@ complete file).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from model.training.datasets import ReviewedClip, TrainingData, reviewed_clips
-from model.training.evaluation import class_targets, mean_average_precision, predict_probs
-from model.training.metrics import macro_f1, per_class_f1
-from model.training.trainer import FinetuneConfig, TrainingCancelled, TrainProgress, train
+from model.training.config import TrainConfig
+from model.training.loop import TrainingCancelled, TrainProgress, train
+from model.training.metrics import class_targets, mean_average_precision
+from model.training.sources import ReviewedClip, reviewed_clips
+from model.training.training_data import TrainingData
+from model.training.validation import evaluate
 from model.weights import InputSpec, load_checkpoint, save_checkpoint
 
 __all__ = ["FinetuneResult", "TrainingCancelled", "finetune", "score"]
@@ -83,13 +84,11 @@ def _as_data(clips: ClipsLike | None, class_names: Sequence[str], spec: InputSpe
 
 def score(model: Any, data: TrainingData, spec: InputSpec, *, batch_size: int = 64) -> dict[str, Any]:
     """Validation scores of ``model``: macro-F1, per-class F1, mAP and the item count."""
-    probs = predict_probs(model, data.frames, spec, batch_size=batch_size)
-    targets = class_targets(data.labels, multi_label=spec.multi_label)
-    per = per_class_f1(probs, targets, multi_label=spec.multi_label)
+    result = evaluate(model, data, spec, batch_size=batch_size)
     return {
-        "macro_f1": macro_f1(probs, targets, multi_label=spec.multi_label),
-        "per_class_f1": {n: (None if math.isnan(v) else float(v)) for n, v in zip(data.class_names, per, strict=True)},
-        "map": mean_average_precision(probs, targets),
+        "macro_f1": result.macro_f1,
+        "per_class_f1": dict(zip(data.class_names, result.per_class_f1, strict=True)),
+        "map": mean_average_precision(result.probs, class_targets(data.labels, multi_label=spec.multi_label)),
         "items": len(data),
     }
 
@@ -102,7 +101,7 @@ def finetune(
     unlabelled: ClipsLike | None,
     validation: ClipsLike | None = None,
     mode: str = "alternating",
-    hyperparameters: Mapping[str, Any] | FinetuneConfig | None = None,
+    hyperparameters: Mapping[str, Any] | TrainConfig | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     device: str = "auto",
@@ -120,7 +119,7 @@ def finetune(
         validation: labelled clips for model selection and the base-vs-candidate comparison;
             ``None``: the last epoch is kept and no comparison is made.
         mode: ``supervised`` / ``unsupervised`` / ``alternating`` / ``combined``.
-        hyperparameters: :class:`FinetuneConfig` fields (e.g. ``epochs``, ``lr``, ``alpha``,
+        hyperparameters: :class:`TrainConfig` fields (e.g. ``epochs``, ``lr``, ``alpha``,
             ``atcon_weight``, ``grad_clip``, ``atcon={"detach_mask": True}``); unknown keys raise
             ``ValueError``. ``mode`` here overrides the one in ``hyperparameters``.
         on_progress: receives :class:`TrainProgress` (epoch, step, loss, validation macro-F1).
@@ -136,12 +135,8 @@ def finetune(
     Returns:
         :class:`FinetuneResult` (path, sha256, metrics, comparison, history).
     """
-    if isinstance(hyperparameters, FinetuneConfig):
-        config = hyperparameters
-    else:
-        config = FinetuneConfig.from_dict(dict(hyperparameters or {}))
-    config.mode, config.device = mode, device
-    config.__post_init__()
+    base = hyperparameters if isinstance(hyperparameters, TrainConfig) else TrainConfig.from_dict(hyperparameters or {})
+    config = base.with_overrides(mode=mode, device=device)
     if config.reflect_padding:
         raise ValueError(
             "reflect_padding is not stored in checkpoints; fine-tuning refuses it to keep the model loadable"
@@ -222,7 +217,7 @@ def _score_other(
     val: TrainingData,
     names: Sequence[str],
     spec: InputSpec,
-    config: FinetuneConfig,
+    config: TrainConfig,
     device: str,
     candidate_f1: float,
 ) -> dict[str, Any]:

@@ -2,14 +2,26 @@
 
 Per class ``F1 = TP / (TP + (FP + FN) / 2)``; macro-F1 is the mean over classes. Multi-label
 predictions are ``probability > threshold`` (0.5) per class; single-label predictions are the
-argmax. Arrays in, numbers out: no torch needed.
+argmax. Also mean average precision (non-interpolated, as scikit-learn's
+``average_precision_score``) and :func:`class_targets`, which turns ``TrainingData`` labels into
+the targets these functions take. Bootstrap intervals of paired differences are in
+:mod:`model.training.bootstrap`. Arrays in, numbers out: no torch needed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bootstrap_macro_f1", "confusion_counts", "macro_f1", "per_class_f1", "predictions"]
+__all__ = [
+    "average_precision",
+    "bootstrap_macro_f1",
+    "class_targets",
+    "confusion_counts",
+    "macro_f1",
+    "mean_average_precision",
+    "per_class_f1",
+    "predictions",
+]
 
 
 def predictions(probs: np.ndarray, *, multi_label: bool = True, threshold: float = 0.5) -> np.ndarray:
@@ -117,3 +129,56 @@ def bootstrap_macro_f1(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(macro, [alpha, 1.0 - alpha])
     return value, float(low), float(high)
+
+
+def class_targets(labels: np.ndarray, *, multi_label: bool) -> np.ndarray:
+    """Targets for the metric functions: multi-hot ``[N, K]`` (NaN -> 0) or argmax ``[N]``."""
+    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0)
+    return y if multi_label else y.argmax(axis=1)
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Average precision per class, float64 ``[K]`` (NaN for a class without positives).
+
+    ``scores`` ``[N, K]`` (any monotone score: logits or probabilities, the same transform for
+    every item: the released code's bug was a sigmoid on the first batch only); ``targets``
+    multi-hot ``[N, K]`` or indices ``[N]``. Non-interpolated AP as scikit-learn's
+    ``average_precision_score``: ``sum_n (R_n - R_{n-1}) P_n`` over the *distinct* scores taken as
+    thresholds, so items with tied scores enter together and the result does not depend on their
+    order (ranking ties one by one in input order would).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n, k = s.shape
+    t = _bool_targets(targets, k)
+    out = np.full(k, np.nan)
+    for c in range(k):
+        if t[:, c].any():
+            out[c] = _binary_average_precision(s[:, c], t[:, c])
+    return out
+
+
+def _binary_average_precision(score: np.ndarray, hit: np.ndarray) -> float:
+    """AP of one class (at least one positive), ties grouped into one threshold."""
+    order = np.argsort(-score, kind="stable")
+    ranked, hits = score[order], hit[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked) != 0), ranked.size - 1]  # end of each tie block
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean of :func:`average_precision` over classes with positives (0.0 if none)."""
+    ap = average_precision(scores, targets)
+    defined = ap[~np.isnan(ap)]
+    return float(defined.mean()) if defined.size else 0.0
+
+
+def _bool_targets(targets: np.ndarray, k: int) -> np.ndarray:
+    t = np.asarray(targets)
+    if t.ndim == 1:
+        out = np.zeros((t.shape[0], k), dtype=bool)
+        out[np.arange(t.shape[0]), t.astype(np.int64)] = True
+        return out
+    return t > 0.5

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from model.training.data import ClipDataset
+from model.training.training_data import TrainingData
 from model.weights import InputSpec
 
-__all__ = ["DEFAULT_CLASS_NAMES", "clip_boxes", "clip_labels", "clip_spec_for", "make_synthetic_dataset"]
+__all__ = ["DEFAULT_CLASS_NAMES", "clip_boxes", "clip_labels", "clip_spec_for", "concatenate", "make_synthetic_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def _video_dataset(
     class_names: Sequence[str],
     video_id: int,
     stride_seconds: float | None,
-) -> ClipDataset:
-    """Cut one generated video into labelled clips."""
+) -> TrainingData:
+    """Cut one generated video into labelled clips (``groups`` = the video, ``extra`` = clip times)."""
     from ingest.clips import IngestReport, iter_clips
 
     config = result.config
@@ -132,14 +132,40 @@ def _video_dataset(
         logger.warning("video %s: %s", result.video, message)
     n = len(frames)
     t, (w, h) = spec.frames, spec.size
-    return ClipDataset(
+    return TrainingData(
         frames=np.stack(frames) if n else np.zeros((0, t, h, w, 3), dtype=np.uint8),
         labels=np.stack(labels) if n else np.zeros((0, len(class_names)), dtype=np.float32),
-        starts=np.asarray(starts, dtype=np.float64),
-        ends=np.asarray(ends, dtype=np.float64),
-        video_ids=np.full(n, video_id, dtype=np.int64),
-        boxes=np.stack(boxes) if n else np.zeros((0, len(class_names), 4), dtype=np.float32),
         class_names=list(class_names),
+        multi_label=True,
+        groups=np.full(n, video_id, dtype=np.int64),
+        regions=[_regions(b) for b in boxes],
+        source=f"synthetic ward video seed {video_id}",
+        extra={"starts": np.asarray(starts, dtype=np.float64), "ends": np.asarray(ends, dtype=np.float64)},
+    )
+
+
+def _regions(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 4]`` boxes (NaN rows = absent class) as :class:`TrainingData` region rows ``[M, 5]``."""
+    present = np.flatnonzero(~np.isnan(boxes).any(axis=1))
+    return np.concatenate([present[:, None].astype(np.float32), boxes[present]], axis=1).astype(np.float32)
+
+
+def concatenate(parts: Sequence[TrainingData]) -> TrainingData:
+    """Join clip sets of the same classes and clip shape (regions and clip times kept)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    first = parts[0]
+    if any(p.class_names != first.class_names or p.frame_shape != first.frame_shape for p in parts):
+        raise ValueError("clip sets differ in class names or clip shape")
+    return TrainingData(
+        frames=np.concatenate([np.asarray(p.frames) for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        class_names=list(first.class_names),
+        multi_label=first.multi_label,
+        groups=np.concatenate([p.groups for p in parts]),
+        regions=[r for p in parts for r in (p.regions or [])],
+        source="synthetic ward video",
+        extra={key: np.concatenate([p.extra[key] for p in parts]) for key in ("starts", "ends")},
     )
 
 
@@ -153,21 +179,21 @@ def make_synthetic_dataset(
     stride_seconds: float | None = None,
     synth_options: Mapping[str, Any] | None = None,
     progress: bool = False,
-) -> tuple[ClipDataset, list[Any]]:
+) -> tuple[TrainingData, list[Any]]:
     """Generate one synthetic video per seed and return their labelled clips.
 
     ``seconds``: length of each video; ``stride_seconds``: clip stride (default = clip length;
     a smaller stride gives overlapping clips, i.e. more training samples from the same video);
     ``synth_options``: extra ``SynthConfig`` fields (e.g. ``events_per_minute``, ``width``).
-    Videos and annotations go to ``work_dir/seed_<seed>/``. Returns the dataset (``video_ids``
-    = seeds) and the generator's ``SynthResult`` per seed (ground-truth events for
-    event-level evaluation).
+    Videos and annotations go to ``work_dir/seed_<seed>/``. Returns the clips (``groups`` = seeds,
+    ``extra["starts"]`` / ``["ends"]`` clip times in seconds, regions in input pixels) and the
+    generator's ``SynthResult`` per seed (ground-truth events for event-level evaluation).
     """
     from ingest.synthetic import SynthConfig, generate
 
     root = Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
-    parts: list[ClipDataset] = []
+    parts: list[TrainingData] = []
     results: list[Any] = []
     for seed in tqdm(list(seeds), desc="synthetic videos", unit="video", disable=not progress):
         config = SynthConfig(seconds=seconds, seed=int(seed), **dict(synth_options or {}))
@@ -178,4 +204,4 @@ def make_synthetic_dataset(
         )
         parts.append(part)
         results.append(result)
-    return ClipDataset.concatenate(parts), results
+    return concatenate(parts), results

@@ -228,3 +228,20 @@ def test_explain_agreement_is_the_atcon_score() -> None:
     stored = explain(net, x, target=out.targets, layer=net.blocks[-1], methods=("agreement",))["agreement"]
     torch.testing.assert_close(stored, out.agreement, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(stored, -out.per_sample.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_batchnorm_folding_is_exact_and_undone() -> None:
+    """ATCON folds frozen BatchNorms into their convolutions: same loss, same gradient, model restored."""
+    from model.training.batchnorm_folding import conv_bn_pairs, folded_batchnorm
+
+    for kind in ("images", "clips"):
+        net = _model(kind).eval()
+        x = _inputs(kind)
+        pairs = conv_bn_pairs(net, x)
+        assert len(pairs) == len(SMALL)  # every ConvBlock: conv -> bn
+        plain = net(x)
+        with folded_batchnorm(pairs):
+            folded = net(x)
+        torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+        assert all("forward" not in m.__dict__ for m in net.modules())  # nothing left patched
+        torch.testing.assert_close(net(x), plain, rtol=0, atol=0)

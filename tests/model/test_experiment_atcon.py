@@ -142,19 +142,26 @@ def test_cli_flags_and_errors(tmp_path: Path) -> None:
 
 def test_pretrained_weights_initialise_every_model(tmp_path: Path) -> None:
     from model.nets import build_model
-    from model.training.experiment import ExperimentConfig, _load_weights, _new_model
+    from model.training.experiment_config import ExperimentConfig
+    from model.training.experiment_run import _new_model, pretrained_backbone
     from model.weights import InputSpec, save_checkpoint
 
     torch.manual_seed(5)
     source = build_model("tiny2d", num_classes=7)
     ckpt = tmp_path / "pre.pt"
     save_checkpoint(ckpt, model=source, arch="tiny2d", class_names=[str(i) for i in range(7)], input_spec=InputSpec())
-    state = _load_weights(ckpt)
-    model = _new_model(ExperimentConfig(data="x", arch="tiny2d"), 3, seed=0, backbone=state)
+    write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=6, size=16)
+    config = ExperimentConfig(data="x", arch="tiny2d", pretrained=str(ckpt))
+
+    class _Splits:  # what pretrained_backbone reads of the splits
+        train = type("T", (), {"num_classes": 3})()
+
+    state = pretrained_backbone(config, _Splits(), tmp_path)  # type: ignore[arg-type]
+    assert state is not None
+    model = _new_model(config, 3, seed=0, backbone=state)
     assert torch.equal(model.blocks[0].conv.weight, source.blocks[0].conv.weight)  # backbone copied
     assert model.fc.out_features == 3  # a fresh classifier for the experiment's classes
     torch.save({"not": "weights"}, tmp_path / "bad.pt")
-    write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=6, size=16)
     args = ["--data", f"imagefolder:{tmp_path / 'shapes'}", "--out", str(tmp_path / "r.json"), *FAST]
     assert run_cli([*args, "--pretrained", str(tmp_path / "bad.pt")]) == 2
 
@@ -167,7 +174,7 @@ def test_finished_runs_are_kept_so_more_seeds_only_train_the_new_ones(
     first = _run(tmp_path, data, "--images-per-class", "1", "--tensorboard", str(tmp_path / "tb"))
     assert list((tmp_path / "tb").glob("n1-seed0-atcon/events.out.tfevents.*"))
     caplog.clear()
-    with caplog.at_level("INFO", logger="model.training.experiment"):
+    with caplog.at_level("INFO", logger="model.training"):
         more = _run(tmp_path, data, "--images-per-class", "1", "--seeds", "3")
     cached = [r.getMessage() for r in caplog.records if "finished run from cache" in r.getMessage()]
     assert len(cached) == 2  # seeds 0 and 1 from the first run; seed 2 trained now
@@ -177,7 +184,42 @@ def test_finished_runs_are_kept_so_more_seeds_only_train_the_new_ones(
         assert new["paired_f1"] == old["paired_f1"]
     # another ATCON setting is another run: nothing reused but the baselines
     caplog.clear()
-    with caplog.at_level("INFO", logger="model.training.experiment"):
+    with caplog.at_level("INFO", logger="model.training"):
         _run(tmp_path, data, "--images-per-class", "1", "--finetune-lr", "3e-5")
     assert not [r for r in caplog.records if "finished run from cache" in r.getMessage()]
     assert [r for r in caplog.records if "baseline from cache" in r.getMessage()]
+
+
+def test_test_phase_is_registered_first_and_scored_once(tmp_path: Path) -> None:
+    write_shapes_dataset(tmp_path / "shapes", classes=2, per_class=10, size=16, seed=4)
+    data = f"imagefolder:{tmp_path / 'shapes'}"
+    chosen = _run(tmp_path, data, "--images-per-class", "1")
+    assert chosen["evaluated_on"] == "validation" and not (tmp_path / "out" / "results.registration.json").exists()
+    assert chosen["runs"][0]["seeds"][0]["evaluated_on"] == "validation"
+    final = _run(tmp_path, data, "--images-per-class", "1", "--phase", "test", "--first-seed", "10")
+    registration = json.loads((tmp_path / "out" / "results.registration.json").read_text())
+    assert registration["config"]["first_seed"] == 10 and registration["registered_at"]
+    assert final["evaluated_on"] == "test" and [r["seed"] for r in final["runs"][0]["seeds"]] == [10, 11]
+    assert final["runs"][0]["seeds"][0]["baseline"]["macro_f1"] is not None
+    # the same registered configuration may resume; another one is refused
+    _run(tmp_path, data, "--images-per-class", "1", "--phase", "test", "--first-seed", "10")
+    code = run_cli(
+        [
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "out" / "results.json"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            *FAST,
+            "--images-per-class",
+            "1",
+            "--phase",
+            "test",
+            "--finetune-lr",
+            "3e-5",
+            "--first-seed",
+            "10",
+        ]
+    )
+    assert code == 2

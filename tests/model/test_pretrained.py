@@ -298,7 +298,7 @@ def test_unusable_files_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_cli_passes_pretrained_to_the_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    import model.training.supervised as supervised
+    import model.training.demo_recipe as supervised
     from server.cli import main
 
     calls: list[dict[str, object]] = []

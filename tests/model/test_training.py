@@ -11,11 +11,15 @@ import torch
 
 from model.events import DetectedEvent
 from model.nets import build_model
-from model.training.data import ClipDataset
+from model.training.augment import AugmentConfig
+from model.training.config import TrainConfig
 from model.training.detection_eval import match_events
+from model.training.loop import train, train_one_epoch
 from model.training.metrics import bootstrap_macro_f1, macro_f1, per_class_f1
-from model.training.supervised import TrainConfig, build_criterion, evaluate, train_one_epoch, train_supervised
+from model.training.steps import StepContext
 from model.training.synthetic_data import clip_boxes, clip_labels
+from model.training.training_data import TrainingData
+from model.training.validation import evaluate
 from model.weights import InputSpec
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ def test_match_events_counts_found_and_false_alarms() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _square_dataset(n: int, seed: int = 0) -> ClipDataset:
+def _square_dataset(n: int, seed: int = 0) -> TrainingData:
     """Clips with a bright square on the left (class 0) and/or right (class 1) of a grey room."""
     rng = np.random.default_rng(seed)
     t, h, w = 4, 24, 32
@@ -117,14 +121,8 @@ def _square_dataset(n: int, seed: int = 0) -> ClipDataset:
             frames[i, :, y0 : y0 + 8, 2:10] = 250
         if labels[i, 1]:
             frames[i, :, y0 : y0 + 8, w - 10 : w - 2] = 250
-    return ClipDataset(
-        frames=frames,
-        labels=labels,
-        starts=np.arange(n) * 1.0,
-        ends=np.arange(n) + 1.0,
-        video_ids=np.zeros(n, dtype=np.int64),
-        boxes=np.full((n, 2, 4), np.nan, dtype=np.float32),
-        class_names=["left", "right"],
+    return TrainingData(
+        frames=frames, labels=labels, class_names=["left", "right"], multi_label=True, groups=np.arange(n)
     )
 
 
@@ -135,39 +133,82 @@ def test_one_epoch_lowers_the_loss() -> None:
     torch.manual_seed(0)
     data = _square_dataset(96)
     model = build_model("tiny3d", num_classes=2)
-    config = TrainConfig(
-        batch_size=8, lr=3e-3, hflip=False, shift=0.0, brightness=0.0, colour=0.0, ramp=0.0, noise=0.0, device="cpu"
-    )
+    config = TrainConfig(mode="supervised", batch_size=8, lr=3e-3, alpha=1.0, augment=False)
     device = torch.device("cpu")
-    criterion = build_criterion(data, SQUARE_SPEC, config, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    before = evaluate(model, criterion, data, SQUARE_SPEC, device=device).loss
-    stats = train_one_epoch(
-        model, criterion, optimizer, data, SQUARE_SPEC, device=device, config=config, rng=np.random.default_rng(0)
-    )
-    after = evaluate(model, criterion, data, SQUARE_SPEC, device=device).loss
-    assert np.isfinite(stats["loss"])
+    ctx = StepContext(model, optimizer, None, SQUARE_SPEC, config, device)
+    before = evaluate(model, data, SQUARE_SPEC, device=device).loss
+    row = train_one_epoch(ctx, 0, data, None)
+    after = evaluate(model, data, SQUARE_SPEC, device=device).loss
+    assert row["steps"] == row["labelled_steps"] == 12 and np.isfinite(row["loss"])  # one pass: 96 / 8
     assert after < before * 0.9, (before, after)
 
 
-def test_train_supervised_keeps_best_and_resumes(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    train, val = _square_dataset(48, seed=1), _square_dataset(16, seed=2)
+def test_augmentation_keeps_pixels_in_range_and_is_reproducible() -> None:
+    x = torch.rand(4, 3, 5, 12, 16)
+    from model.training.augment import augment_batch
+
+    a = augment_batch(x, np.random.default_rng(3), AugmentConfig())
+    b = augment_batch(x, np.random.default_rng(3), AugmentConfig())
+    assert torch.equal(a, b) and a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.equal(a, x)
+    off = AugmentConfig(hflip=False, shift=0, brightness=0, colour=0, ramp=0, noise=0)
+    assert torch.equal(augment_batch(x, np.random.default_rng(3), off), x)
+
+
+def test_supervised_training_keeps_best_and_resumes(tmp_path: Path) -> None:
+    from model.training.loop import TrainingCancelled
+
+    train_set, val = _square_dataset(48, seed=1), _square_dataset(16, seed=2)
     state = tmp_path / "state.pt"
-    config = TrainConfig(epochs=1, batch_size=8, device="cpu", checkpoint_path=str(state))
-    first = train_supervised(build_model("tiny2d", num_classes=2), train, val, input_spec=SQUARE_SPEC, config=config)
-    assert len(first.history) == 1 and first.best_epoch == 0 and first.best is not None
+    config = TrainConfig(
+        mode="supervised",
+        epochs=2,
+        batch_size=8,
+        alpha=1.0,
+        lr=3e-3,
+        lr_schedule="cosine",
+        select_initial=False,
+        checkpoint_path=str(state),
+    )
+    polls = iter(range(100))
+    torch.manual_seed(0)
+    with pytest.raises(TrainingCancelled):  # stopped during epoch 1: epoch 0 (6 steps) is saved
+        train(
+            build_model("tiny2d", num_classes=2),
+            labelled=train_set,
+            unlabelled=None,
+            validation=val,
+            spec=SQUARE_SPEC,
+            config=config,
+            should_cancel=lambda: next(polls) >= 8,
+        )
     saved = torch.load(state, weights_only=True)
     assert saved["epoch"] == 0 and {"model", "optimizer", "scheduler", "config"} <= set(saved)
-    resumed = train_supervised(
+    torch.manual_seed(0)
+    resumed = train(
         build_model("tiny2d", num_classes=2),
-        train,
-        val,
-        input_spec=SQUARE_SPEC,
-        config=TrainConfig(epochs=2, batch_size=8, device="cpu", checkpoint_path=str(state), resume=True),
+        labelled=train_set,
+        unlabelled=None,
+        validation=val,
+        spec=SQUARE_SPEC,
+        config=config.with_overrides(resume=True),
     )
-    assert [row["epoch"] for row in resumed.history] == [0, 1]
+    assert [row["epoch"] for row in resumed.history] == [0, 1] and resumed.best is not None
     assert not resumed.model.training
+    torch.manual_seed(0)
+    straight = train(
+        build_model("tiny2d", num_classes=2),
+        labelled=train_set,
+        unlabelled=None,
+        validation=val,
+        spec=SQUARE_SPEC,
+        config=config.with_overrides(checkpoint_path=None),
+    )
+    # a resumed run continues exactly as the uninterrupted one (per-epoch seeded randomness)
+    assert resumed.best_epoch == straight.best_epoch
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from model.training.evaluation import average_precision, mean_average_precision
+from model.training.metrics import average_precision, mean_average_precision
 
 
 def test_a_tie_is_one_threshold_whatever_the_item_order() -> None:

@@ -8,11 +8,14 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from model.training.cluster_bootstrap import group_resample_weights, paired_cluster_bootstrap_macro_f1
-from model.training.datasets import TrainingData
-from model.training.evaluation import paired_bootstrap_macro_f1
+from model.training.bootstrap import (
+    group_resample_weights,
+    paired_bootstrap_macro_f1,
+    paired_cluster_bootstrap_macro_f1,
+)
 from model.training.experiment import ExperimentConfig
 from model.training.experiment_report import markdown_table, summarise
+from model.training.training_data import TrainingData
 
 
 def _videos(n_videos: int, clips: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

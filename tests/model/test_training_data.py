@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.training.datasets import (
-    LazyFrames,
+from model.training.sources import (
     ReviewedClip,
     annotated_videos,
     image_folder,
@@ -20,6 +19,7 @@ from model.training.datasets import (
     voc,
 )
 from model.training.toy_data import write_shapes_dataset
+from model.training.training_data import LazyFrames
 from model.weights import InputSpec
 
 

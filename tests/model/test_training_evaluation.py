@@ -7,20 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from model.training.evaluation import (
+from model.training.bootstrap import bootstrap_mean, paired_bootstrap_macro_f1, paired_bootstrap_mean
+from model.training.localisation import (
     average_drop_increase,
-    average_precision,
     binarise_cam,
-    bootstrap_mean,
     localisation,
     localisation_iou,
-    macro_f1,
-    mean_average_precision,
-    paired_bootstrap_macro_f1,
-    paired_bootstrap_mean,
     pointing_game,
     region_mask,
 )
+from model.training.metrics import average_precision, macro_f1, mean_average_precision
 from model.weights import InputSpec
 
 

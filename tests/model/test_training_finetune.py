@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model.nets import build_model
-from model.training.datasets import ReviewedClip, labels_from_review
 from model.training.finetune import TrainingCancelled, finetune
-from model.training.trainer import TrainProgress
+from model.training.loop import TrainProgress
+from model.training.sources import ReviewedClip, labels_from_review
 from model.weights import InputSpec, load_checkpoint, save_checkpoint
 
 NAMES = ["bed_exit", "fall"]

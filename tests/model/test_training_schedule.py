@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from model.nets import build_model
-from model.training.experiment import ExperimentConfig, run_seed
+from model.training.experiment_config import ExperimentConfig
 from model.training.experiment_data import Splits
-from model.training.trainer import epoch_plan, epoch_schedule, labelled_steps_per_epoch, train
+from model.training.experiment_run import run_seed
+from model.training.loop import train
+from model.training.schedule import epoch_plan, epoch_schedule, labelled_steps_per_epoch
 from tests.model.test_training_trainer import SPEC, _small_config, toy_images
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from model.training import experiment_data
-from model.training.datasets import TrainingData
 from model.training.experiment_data import load_splits, split_indices
+from model.training.training_data import TrainingData
 
 
 def _clips(groups: np.ndarray) -> TrainingData:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import func, select
 
-from model.training.trainer import FinetuneConfig
+from model.training.config import TrainConfig
 from server.api.deps import DispatcherDep, SessionDep
 from server.auth import AdminDep
 from server.db.base import utcnow
@@ -33,7 +33,7 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: A
     if base is None:
         raise NotFoundError("model version", body.base_model_id)
     try:
-        FinetuneConfig.from_dict({**body.hyperparameters, "mode": body.mode})
+        TrainConfig.from_dict({**body.hyperparameters, "mode": body.mode})
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, detail=f"bad hyperparameters: {exc}") from exc
     params = body.model_dump() | {"base_model_id": base.id}
