@@ -16,6 +16,7 @@ import torch
 
 from model.training.config import TrainConfig
 from model.training.loop import train
+from model.training.training_data import TrainingData
 from model.weights import InputSpec
 
 __all__ = ["DEMO_CLASS_NAMES", "DEMO_INPUT_SPEC", "DEMO_TRAIN_CONFIG", "train_demo_model"]
@@ -78,36 +79,23 @@ def train_demo_model(
     ``torchvision:r3d_18`` or a file), checked before the data is generated so a missing file
     fails at once.
     """
-    import tempfile
-
     from model.pretrained import build_pretrained_model, check_pretrained
-    from model.training.synthetic_data import make_synthetic_dataset
     from model.weights import save_checkpoint
 
     if pretrained:
         check_pretrained(pretrained, arch=arch)
     t0 = time.perf_counter()
     stride = input_spec.clip_seconds / 2 if train_stride_seconds is None else train_stride_seconds
-    with tempfile.TemporaryDirectory(prefix="wardwatch-demo-") as tmp:
-        root = Path(work_dir) if work_dir is not None else Path(tmp)
-        train_clips, _ = make_synthetic_dataset(
-            root / "train",
-            input_spec,
-            seeds=range(seed, seed + videos),
-            seconds=seconds,
-            class_names=DEMO_CLASS_NAMES,
-            stride_seconds=stride,
-            synth_options={"events_per_minute": events_per_minute},
-            progress=progress,
-        )
-        val_clips, _ = make_synthetic_dataset(
-            root / "val",
-            input_spec,
-            seeds=[seed + DEMO_VALIDATION_SEED_OFFSET],
-            seconds=DEMO_VALIDATION_SECONDS,
-            class_names=DEMO_CLASS_NAMES,
-            progress=progress,
-        )
+    train_clips, val_clips = _demo_clips(
+        work_dir,
+        input_spec,
+        seed=seed,
+        videos=videos,
+        seconds=seconds,
+        stride=stride,
+        events_per_minute=events_per_minute,
+        progress=progress,
+    )
     data_seconds = time.perf_counter() - t0
     logger.info(
         "demo data: %d train clips (positives %s), %d val clips (positives %s) in %.1fs",
@@ -157,3 +145,42 @@ def train_demo_model(
         "data_seconds": round(data_seconds, 1),
         "total_seconds": round(total, 1),
     }
+
+
+def _demo_clips(
+    work_dir: str | os.PathLike[str] | None,
+    spec: InputSpec,
+    *,
+    seed: int,
+    videos: int,
+    seconds: float,
+    stride: float,
+    events_per_minute: float,
+    progress: bool,
+) -> tuple[TrainingData, TrainingData]:
+    """Training clips of ``videos`` synthetic videos and validation clips of one separate video."""
+    import tempfile
+
+    from model.training.synthetic_data import make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory(prefix="wardwatch-demo-") as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        train_clips, _ = make_synthetic_dataset(
+            root / "train",
+            spec,
+            seeds=range(seed, seed + videos),
+            seconds=seconds,
+            class_names=DEMO_CLASS_NAMES,
+            stride_seconds=stride,
+            synth_options={"events_per_minute": events_per_minute},
+            progress=progress,
+        )
+        val_clips, _ = make_synthetic_dataset(
+            root / "val",
+            spec,
+            seeds=[seed + DEMO_VALIDATION_SEED_OFFSET],
+            seconds=DEMO_VALIDATION_SECONDS,
+            class_names=DEMO_CLASS_NAMES,
+            progress=progress,
+        )
+    return train_clips, val_clips

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from model.pretrained import build_pretrained_model
 from model.training.config import TrainConfig
 from model.training.loop import TrainingCancelled, TrainProgress, train
 from model.training.metrics import class_targets, mean_average_precision
@@ -107,6 +108,7 @@ def finetune(
     device: str = "auto",
     work_dir: str | os.PathLike[str] | None = None,
     also_compare: Mapping[str, str | os.PathLike[str]] | None = None,
+    pretrained: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune a Wardwatch checkpoint with ATCON (or supervised / combined) and save a candidate.
 
@@ -131,39 +133,36 @@ def finetune(
         also_compare: more checkpoints (name -> path, e.g. ``{"active": ...}`` when the server's
             active model is not the base) scored on the same validation clips; each lands in
             ``comparison["others"][name]``, or its reason when its classes or input differ.
+        pretrained: start from this pretrained backbone (``torchvision:NAME`` or a file, see
+            :mod:`model.pretrained`) with a new head, instead of the base model's weights; the base
+            still gives the architecture, classes and input, and is what the candidate is compared with.
 
     Returns:
         :class:`FinetuneResult` (path, sha256, metrics, comparison, history).
     """
-    base = hyperparameters if isinstance(hyperparameters, TrainConfig) else TrainConfig.from_dict(hyperparameters or {})
-    config = base.with_overrides(mode=mode, device=device)
-    if config.reflect_padding:
-        raise ValueError(
-            "reflect_padding is not stored in checkpoints; fine-tuning refuses it to keep the model loadable"
-        )
-    if work_dir is not None:
-        config.checkpoint_path = str(Path(work_dir) / "train_state.pt")
-        config.resume = True
+    config = _config(hyperparameters, mode=mode, device=device, work_dir=work_dir)
     loaded = load_checkpoint(base_checkpoint, device=device)
     spec, names = loaded.input_spec, loaded.class_names
-    lab = _as_data(labelled, names, spec)
-    unl = _as_data(unlabelled, names, spec)
-    val = _as_data(validation, names, spec)
+    lab, unl, val = (_as_data(d, names, spec) for d in (labelled, unlabelled, validation))
     if unl is not None:  # the pool's labels are never used, even if present
         unl = unl.subset(np.arange(len(unl)), unlabel=True)
     base_scores = score(loaded.model, val, spec, batch_size=config.eval_batch_size) if val is not None else None
+    start = loaded.model
+    if pretrained:  # the base's architecture, classes and input; the weights from a pretrained backbone
+        start = build_pretrained_model(loaded.arch, num_classes=len(names), pretrained=pretrained).to(loaded.device)
     logger.info(
-        "fine-tuning %s (%s, %d classes) mode=%s: %d labelled, %d unlabelled, %d validation clips",
+        "fine-tuning %s (%s, %d classes, start %s) mode=%s: %d labelled, %d unlabelled, %d validation clips",
         base_checkpoint,
         loaded.arch,
         len(names),
+        pretrained or "the base weights",
         config.mode,
-        0 if lab is None else len(lab),
-        0 if unl is None else len(unl),
-        0 if val is None else len(val),
+        len(lab or ()),
+        len(unl or ()),
+        len(val or ()),
     )
     result = train(
-        loaded.model,
+        start,
         labelled=lab,
         unlabelled=unl,
         validation=val,
@@ -174,42 +173,69 @@ def finetune(
     )
     if should_cancel is not None and should_cancel():
         raise TrainingCancelled("cancelled before the candidate was saved")
-    candidate_scores = score(result.model, val, spec, batch_size=config.eval_batch_size) if val is not None else None
     metrics: dict[str, Any] = {
         "finetune": {
             "base_checkpoint": str(base_checkpoint),
             "base_sha256": loaded.sha256,
+            "pretrained": pretrained,
             "mode": config.mode,
-            "hyperparameters": config.to_dict(),
+            "hyperparameters": _portable(config),
             "best_epoch": result.best_epoch,
             "steps": result.steps,
+            "labelled_steps": result.labelled_steps,
+            "unlabelled_steps": result.unlabelled_steps,
             "seconds": round(result.seconds, 2),
-            "labelled": 0 if lab is None else len(lab),
-            "unlabelled": 0 if unl is None else len(unl),
+            "labelled": len(lab or ()),
+            "unlabelled": len(unl or ()),
         }
     }
     comparison: dict[str, Any] = {}
-    if candidate_scores is not None and base_scores is not None:
-        metrics.update({f"val_{k}": v for k, v in candidate_scores.items()})
+    if val is not None and base_scores is not None:
+        candidate = score(result.model, val, spec, batch_size=config.eval_batch_size)
+        metrics.update({f"val_{k}": v for k, v in candidate.items()})
         metrics["base_val_macro_f1"] = base_scores["macro_f1"]
         comparison = {
             "base": base_scores,
-            "candidate": candidate_scores,
-            "diff_macro_f1": candidate_scores["macro_f1"] - base_scores["macro_f1"],
+            "candidate": candidate,
+            "diff_macro_f1": candidate["macro_f1"] - base_scores["macro_f1"],
         }
         if also_compare:
             comparison["others"] = {
-                name: _score_other(path, val, names, spec, config, device, candidate_scores["macro_f1"])
+                name: _score_other(path, val, names, spec, config, device, candidate["macro_f1"])
                 for name, path in also_compare.items()
             }
-    for key in ("checkpoint_path", "tensorboard_dir"):  # machine-local paths do not belong in a model file
-        metrics["finetune"]["hyperparameters"].pop(key, None)
     sha = save_checkpoint(
         out_path, model=result.model.cpu(), arch=loaded.arch, class_names=names, input_spec=spec, metrics=metrics
     )
     return FinetuneResult(
         path=str(out_path), sha256=sha, metrics=metrics, comparison=comparison, history=result.history
     )
+
+
+def _config(
+    hyperparameters: Mapping[str, Any] | TrainConfig | None,
+    *,
+    mode: str,
+    device: str,
+    work_dir: str | os.PathLike[str] | None,
+) -> TrainConfig:
+    base = hyperparameters if isinstance(hyperparameters, TrainConfig) else TrainConfig.from_dict(hyperparameters or {})
+    config = base.with_overrides(mode=mode, device=device)
+    if config.reflect_padding:
+        raise ValueError(
+            "reflect_padding is not stored in checkpoints; fine-tuning refuses it to keep the model loadable"
+        )
+    if work_dir is not None:
+        config = config.with_overrides(checkpoint_path=str(Path(work_dir) / "train_state.pt"), resume=True)
+    return config
+
+
+def _portable(config: TrainConfig) -> dict[str, Any]:
+    """The hyper-parameters for the model file, without machine-local paths."""
+    out = config.to_dict()
+    for key in ("checkpoint_path", "tensorboard_dir"):
+        out.pop(key, None)
+    return out
 
 
 def _score_other(

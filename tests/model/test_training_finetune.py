@@ -119,3 +119,29 @@ def test_finetune_refuses_bad_requests(base: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs unlabelled"):
         finetune(base, out_path=tmp_path / "c.pt", labelled=labelled, unlabelled=None, device="cpu", mode="combined")
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_finetune_can_start_from_a_pretrained_backbone(base: Path, tmp_path: Path) -> None:
+    """``pretrained=FILE``: the backbone from the file, a new head, the base's classes and input."""
+    torch.manual_seed(7)
+    source = build_model("tiny3d", num_classes=5)
+    weights = tmp_path / "backbone.pt"
+    torch.save(source.state_dict(), weights)
+    labelled, unlabelled, validation = _data()
+    result = finetune(
+        base,
+        out_path=tmp_path / "c.pt",
+        labelled=labelled,
+        unlabelled=unlabelled,
+        validation=validation,
+        mode="supervised",
+        hyperparameters={**HYPER, "epochs": 0},
+        device="cpu",
+        pretrained=str(weights),
+    )
+    loaded = load_checkpoint(result.path, device="cpu")
+    assert loaded.metrics["finetune"]["pretrained"] == str(weights) and loaded.class_names == NAMES
+    assert torch.equal(loaded.model.blocks[0].conv.weight, source.blocks[0].conv.weight)  # backbone copied
+    assert loaded.model.fc.out_features == 2
+    base_model = load_checkpoint(base, device="cpu").model
+    assert not torch.equal(loaded.model.blocks[0].conv.weight, base_model.blocks[0].conv.weight)
