@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from model.attribution.base import resolve_layer
 from model.attribution.consistency import FINE_METHODS, RESOLUTION_MATCHES, ATCONConfig, consistency, top_class
-from model.training.batchnorm_folding import ConvBN, folded_batchnorm, verified_pairs
+from model.training.batchnorm_folding import ConvBN, conv_bn_pairs, folded_batchnorm, randomise_batchnorms
 
 __all__ = [
     "FINE_METHODS",
@@ -33,6 +33,7 @@ __all__ = [
     "ATCONConfig",
     "ATCONLoss",
     "ATCONOutput",
+    "foldable_pairs",
     "frozen_batchnorm",
     "reflect_padding",
     "top_class",
@@ -144,6 +145,33 @@ def _frozen_batchnorm(module: nn.Module, args: tuple[Tensor, ...], output: Tenso
     return x * scale.view(shape) + shift.view(shape)
 
 
+def foldable_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
+    """The conv/BatchNorm pairs of ``model`` that :func:`unsupervised_mode` may fold, checked once.
+
+    Found on one forward pass, then verified on a copy of the model whose BatchNorms are randomised
+    (so a folding that changes the function cannot pass as the near-identity of a fresh BatchNorm):
+    the copy's logits with and without folding, both under :func:`unsupervised_mode` exactly as the
+    loss will run, must agree to float precision. Returns the original model's modules.
+    """
+    import copy
+
+    probe = copy.deepcopy(model)
+    randomise_batchnorms(probe)
+    with torch.no_grad(), unsupervised_mode(probe):
+        pairs = conv_bn_pairs(probe, inputs)
+        plain = probe(inputs)
+    if not pairs:
+        return []
+    with torch.no_grad(), unsupervised_mode(probe, pairs):
+        folded = probe(inputs)
+    scale = float(plain.abs().max().clamp_min(1.0))
+    if not torch.allclose(folded, plain, rtol=1e-4, atol=1e-5 * scale):
+        logger.info("BatchNorm folding would change %s's output; ATCON runs it unfolded", type(model).__name__)
+        return []
+    names = {id(m): name for name, m in probe.named_modules()}
+    return [(model.get_submodule(names[id(c)]), model.get_submodule(names[id(b)])) for c, b in pairs]
+
+
 def reflect_padding(model: nn.Module) -> nn.Module:
     """Switch zero padding to ``reflect`` (2D convs) / ``replicate`` (3D convs), in place.
 
@@ -211,8 +239,7 @@ class ATCONLoss:
 
     def __call__(self, inputs: Tensor) -> ATCONOutput:
         if self._fold is None:
-            with unsupervised_mode(self.model):
-                self._fold = verified_pairs(self.model, inputs)
+            self._fold = foldable_pairs(self.model, inputs)
         with unsupervised_mode(self.model, self._fold), torch.inference_mode(False), torch.enable_grad():
             result = consistency(
                 self.model,

@@ -10,9 +10,11 @@ multiply over the (small) weight tensor. Values and gradients (to ``W``, ``w``, 
 the unfolded eval-mode network: the folding is an identity of the function, not an approximation.
 
 Pairs are found by watching one forward pass (a BatchNorm whose input *is* a convolution's output
-tensor), and the folding is checked once against the unfolded network on the same batch; a model
-where it does not hold exactly (a convolution output used elsewhere too) is left unfolded.
-Everything is undone on exit: the caller's model is never left modified.
+tensor); :func:`model.training.atcon.foldable_pairs` then checks the folding once against the
+unfolded network, on a copy whose BatchNorms are randomised (at initialisation a BatchNorm is
+nearly the identity and would hide a convolution output that something else also reads). A model
+where it does not hold is left unfolded. Everything is undone on exit: the caller's model is never
+left modified (an instance ``forward`` it had before is put back).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm"]
+__all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm", "randomise_batchnorms"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,28 +94,31 @@ def folded_batchnorm(pairs: Sequence[ConvBN]) -> Iterator[None]:
 
     The BatchNorms must be in eval mode (frozen statistics) for the whole block.
     """
+    saved = [(m, m.__dict__.get("forward", _ABSENT)) for pair in pairs for m in pair]
     try:
         for conv, bn in pairs:
             conv.forward = _folded_forward(conv, bn)
             bn.forward = types.MethodType(_identity, bn)
         yield
     finally:
-        for conv, bn in pairs:
-            conv.__dict__.pop("forward", None)
-            bn.__dict__.pop("forward", None)
+        for module, previous in saved:
+            if previous is _ABSENT:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous
 
 
-def verified_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
-    """:func:`conv_bn_pairs`, kept only if the folded network gives the unfolded one's logits."""
-    pairs = conv_bn_pairs(model, inputs)
-    if not pairs:
-        return []
+_ABSENT = object()
+
+
+def randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm of ``model`` (a throwaway copy) statistics and weights far from the identity."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        plain = model(inputs)
-        with folded_batchnorm(pairs):
-            folded = model(inputs)
-    if not torch.allclose(folded, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max().clamp_min(1.0))):
-        logger.info("BatchNorm folding changes %s's output; ATCON runs it unfolded", type(model).__name__)
-        return []
-    logger.debug("ATCON folds %d BatchNorm layers of %s into their convolutions", len(pairs), type(model).__name__)
-    return pairs
+        for m in model.modules():
+            if isinstance(m, _NORMS) and m.track_running_stats:
+                for t, low, high in ((m.running_mean, -1.0, 1.0), (m.running_var, 0.3, 3.0)):
+                    t.copy_(torch.empty(t.shape).uniform_(low, high, generator=gen).to(t))
+                if m.affine:
+                    m.weight.copy_(torch.empty(m.weight.shape).uniform_(0.3, 3.0, generator=gen).to(m.weight))
+                    m.bias.copy_(torch.empty(m.bias.shape).uniform_(-1.0, 1.0, generator=gen).to(m.bias))

@@ -20,10 +20,12 @@ seed (:func:`model.training.experiment_run.run_seed`):
    Increase in Confidence.
 
 **Pre-registration.** ``--phase validation`` (the default) scores on the validation split: that
-is where configurations are compared and chosen. ``--phase test`` first writes the configuration
-to ``OUT.registration.json`` (with the time), then scores on the test split; a later test run
-with another configuration under the same ``--out`` is refused, so the test split is looked at
-once (an interrupted test run with the same configuration resumes).
+is where configurations are compared and chosen (its seeds are recorded in the work folder).
+``--phase test`` first records the configuration, with the time, in the work folder's
+``test-ledger.json`` (and a copy in ``OUT.registration.json``), then scores on the test split. A
+later test run on the same splits with another configuration, whatever its ``--out``, is refused,
+and so are test seeds that were used while choosing: the test split is looked at once (an
+interrupted test run with the same configuration resumes).
 
 Outputs: the JSON at ``--out`` (config, data, per-N per-seed results and summaries), a Markdown
 table beside it (same stem, ``.md``) and, with several N, a PNG plot of macro-F1 against N.
@@ -149,33 +151,71 @@ def _cached_run_seed(
     return row
 
 
-def _register(config: ExperimentConfig, out: Path) -> None:
-    """Before any test item is scored: write the configuration (and the time) beside ``out``.
+def _data_key(config: ExperimentConfig) -> str:
+    """Identity of the splits (hence of the test split) a configuration is scored on."""
+    blob = [config.data, config.image_size, config.test_fraction, config.val_fraction]
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
 
-    Refuses a test run whose configuration differs from an earlier registered one under the same
-    ``out``: the test split is looked at once, after the configuration is written down.
+
+def _ledger(work_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The work folder's record of registered tests and of the seeds used while choosing."""
+    path = work_dir / "test-ledger.json"
+    return path, (json.loads(path.read_text()) if path.is_file() else {"tests": {}, "validation_seeds": {}})
+
+
+def _write_ledger(path: Path, ledger: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(ledger, indent=2))
+
+
+def _seeds(config: ExperimentConfig) -> list[int]:
+    return list(range(config.first_seed, config.first_seed + config.seeds))
+
+
+def _record_validation(config: ExperimentConfig, out: Path, work_dir: Path) -> None:
+    """A validation run: its seeds are recorded (a test must not reuse them); a test's results are kept."""
+    if out.is_file() and json.loads(out.read_text()).get("evaluated_on") == "test":
+        raise ValueError(f"{out} holds test results; write validation results elsewhere")
+    path, ledger = _ledger(work_dir)
+    used = set(ledger["validation_seeds"].get(_data_key(config), [])) | set(_seeds(config))
+    ledger["validation_seeds"][_data_key(config)] = sorted(used)
+    _write_ledger(path, ledger)
+
+
+def _register(config: ExperimentConfig, out: Path, work_dir: Path) -> None:
+    """Before any test item is scored: record the configuration (and the time) in the work folder.
+
+    The test split of a data set is scored once: a test run with another configuration on the same
+    splits (whatever its ``--out``) is refused, and so are seeds that were used while choosing on
+    validation in this work folder. The same registered configuration resumes. A copy of the
+    registration is written beside ``out`` (``OUT.registration.json``).
     """
-    path = out.with_suffix(".registration.json")
-    wanted = {
-        k: v
-        for k, v in asdict(config).items()
-        if k not in _NOT_IN_RUN_KEY or k in ("seeds", "first_seed", "images_per_class")
-    }
-    if path.is_file():
-        earlier = json.loads(path.read_text())
-        if earlier["config"] != jsonable(wanted):
+    wanted = jsonable({k: v for k, v in asdict(config).items() if k not in _NOT_IN_RUN_KEY or k in _REGISTERED})
+    path, ledger = _ledger(work_dir)
+    key = _data_key(config)
+    earlier = ledger["tests"].get(key)
+    if earlier is not None:
+        if earlier["config"] != wanted:
             raise ValueError(
-                f"{path} registered another configuration at {earlier['registered_at']}; the test split is "
-                "scored once per registered configuration (choose on --phase validation, use a new --out)"
+                f"the test split of {config.data} was registered for another configuration at "
+                f"{earlier['registered_at']} ({earlier['out']}); the test split is scored once (choose on --phase "
+                "validation)"
             )
         logger.info("test run resumes the configuration registered at %s", earlier["registered_at"])
         return
+    reused = sorted(set(_seeds(config)) & set(ledger["validation_seeds"].get(key, [])))
+    if reused:
+        raise ValueError(f"seeds {reused} were used while choosing on validation; test with fresh seeds (--first-seed)")
+    entry = {"registered_at": dt.datetime.now(dt.UTC).isoformat(), "out": str(out), "config": wanted}
+    ledger["tests"][key] = entry
+    _write_ledger(path, ledger)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(
-            json.dumps({"registered_at": dt.datetime.now(dt.UTC).isoformat(), "config": jsonable(wanted)}, indent=2)
-        )
+    with atomic_path(out.with_suffix(".registration.json")) as tmp:
+        tmp.write_text(json.dumps(entry, indent=2))
     logger.info("registered the test configuration in %s", path)
+
+
+_REGISTERED = ("seeds", "first_seed", "images_per_class")
 
 
 def _run_all(config: ExperimentConfig, splits: Splits, work_dir: Path) -> list[dict[str, Any]]:
@@ -220,7 +260,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         logger.warning("%s on single images: a 3D net sees one frame per item", config.arch)
     logger.info("data: %s", json.dumps(splits.description))
     if config.phase == "test":
-        _register(config, out)
+        _register(config, out, work_dir)
+    else:
+        _record_validation(config, out, work_dir)
     results = {
         "config": asdict(config),
         "data": splits.description,

@@ -22,7 +22,7 @@ __all__ = ["ExperimentConfig", "build_parser", "config_from_args"]
 
 
 def _opt(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
-    """A field with its command-line metadata (``flag``, ``choices``, ``nargs``, ``cli=False``)."""
+    """A field with its command-line metadata (``flag``, ``choices``, ``nargs``)."""
     if isinstance(default, list):
         items = list(default)
         return field(default_factory=lambda: list(items), metadata={"help": help, **cli})
@@ -55,7 +55,7 @@ class ExperimentConfig:
     batch_size: int = _opt(16, "labelled batch size")
     unlabelled_batch_size: int = _opt(32, "unlabelled batch size")
     grad_clip: float | None = _opt(5.0, "max gradient norm (0 = off)")
-    atcon_grad_clip: float | None = _opt(None, "max gradient norm of ATCON steps")
+    atcon_grad_clip: float | None = _opt(None, "max gradient norm of ATCON steps (0 or unset: --grad-clip)")
     weight_decay: float = _opt(0.0, "Adam weight decay")
     resolution_match: str = _opt("mask", "ATCON resolution match", choices=RESOLUTION_MATCHES)
     similarity: str = _opt("pearson", "ATCON similarity", choices=SIMILARITIES)
@@ -82,7 +82,7 @@ class ExperimentConfig:
     progress: bool | None = _opt(None, "tqdm progress bars (default: on a terminal)")
     pretrained: str | None = _opt(None, "start every model from torchvision:resnet18|resnet50|r3d_18 or a FILE")
     tensorboard_dir: str | None = _opt(None, "write TensorBoard scalars here", flag="--tensorboard")
-    threads: int | None = _opt(None, "torch CPU threads", key=False)
+    threads: int | None = _opt(None, "torch CPU threads")
 
 
 def _flag(f: Any) -> str:

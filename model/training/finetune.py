@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.pretrained import build_pretrained_model
 from model.training.config import TrainConfig
@@ -149,6 +150,7 @@ def finetune(
     base_scores = score(loaded.model, val, spec, batch_size=config.eval_batch_size) if val is not None else None
     start = loaded.model
     if pretrained:  # the base's architecture, classes and input; the weights from a pretrained backbone
+        torch.manual_seed(config.seed)  # the new head: the same job gives the same model
         start = build_pretrained_model(loaded.arch, num_classes=len(names), pretrained=pretrained).to(loaded.device)
     logger.info(
         "fine-tuning %s (%s, %d classes, start %s) mode=%s: %d labelled, %d unlabelled, %d validation clips",

@@ -256,7 +256,9 @@ def train(
     has_val = validation is not None and len(validation) > 0
     state_path = Path(config.checkpoint_path) if config.checkpoint_path else None
     if state_path is not None and config.resume and state_path.is_file():
-        run.restore(load_training_state(state_path, run.device))
+        state = load_training_state(state_path, run.device)
+        _check_same_run(state.config, config)
+        run.restore(state)
         logger.info("resumed from %s at epoch %d (step %d)", state_path, run.first_epoch, run.global_step)
     elif has_val and config.select_initial:
         assert validation is not None
@@ -291,6 +293,33 @@ def train(
         labelled_steps=sum(int(h.get("labelled_steps", 0)) for h in run.history),
         unlabelled_steps=sum(int(h.get("unlabelled_steps", 0)) for h in run.history),
     )
+
+
+# Settings a resumed run may change: where it writes, how it reports, and how long it runs.
+_RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "checkpoint_path",
+        "resume",
+        "progress",
+        "tensorboard_dir",
+        "log_every",
+        "device",
+        "num_workers",
+        "eval_batch_size",
+    }
+)
+
+
+def _check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to continue a state written with other hyper-parameters (a reused work folder)."""
+    now = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(
+            f"the training state at {config.checkpoint_path} was written with other hyper-parameters "
+            f"({', '.join(changed)}); remove it or resume with the same settings"
+        )
 
 
 def _check_data(mode: str, labelled: TrainingData | None, unlabelled: TrainingData | None) -> None:

@@ -29,13 +29,18 @@ __all__ = ["StepContext", "class_pos_weight", "run_step", "supervised_loss"]
 
 
 def supervised_loss(logits: Tensor, labels: Tensor, *, multi_label: bool, pos_weight: Tensor | None = None) -> Tensor:
-    """BCE-with-logits over known entries (NaN labels ignored) or cross-entropy of the argmax.
+    """BCE-with-logits over known entries (NaN labels ignored) or cross-entropy of the positive class.
 
     ``logits`` ``[B, K]``, ``labels`` float ``[B, K]`` (1 / 0 / NaN); ``pos_weight`` ``[K]``
     (multi-label only) weighs positives against rare-event imbalance.
     """
     if not multi_label:
-        return F.cross_entropy(logits, torch.nan_to_num(labels, nan=0.0).argmax(dim=1))
+        # A row with no positive (e.g. a rejected flag: 0 for its label, unknown for the rest) names no
+        # class: it is left out rather than trained as class 0.
+        known = (torch.nan_to_num(labels, nan=0.0) > 0.5).any(dim=1)
+        if not bool(known.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[known], labels[known].nan_to_num(nan=0.0).argmax(dim=1))
     known = ~torch.isnan(labels)
     target = torch.where(known, labels, torch.zeros_like(labels))
     per = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pos_weight) * known

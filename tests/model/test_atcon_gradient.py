@@ -153,6 +153,7 @@ def test_default_gradient_is_not_the_guided_one() -> None:
     loss = ATCONLoss(net)
     x = _inputs("clips")
     rows = directional_errors(net, lambda: loss(x).loss)
+    assert loss._fold is not None and len(loss._fold) == len(SMALL)  # the folded BatchNorm path was differentiated
     assert max(r for _, _, r in rows) < TOLERANCE
     assert min(abs(a) for _, a, _ in rows) > 1e-6  # a real, non-zero derivative was compared
 
@@ -231,7 +232,10 @@ def test_explain_agreement_is_the_atcon_score() -> None:
 
 
 def test_batchnorm_folding_is_exact_and_undone() -> None:
-    """ATCON folds frozen BatchNorms into their convolutions: same loss, same gradient, model restored."""
+    """Folded BatchNorms give the unfolded network's logits; the model is restored afterwards.
+
+    (That the folded loss has the true gradient is what the finite-difference tests above check: their
+    BatchNorms have non-trivial statistics, and they run folded, see the default-gradient test.)"""
     from model.training.batchnorm_folding import conv_bn_pairs, folded_batchnorm
 
     for kind in ("images", "clips"):
@@ -245,3 +249,24 @@ def test_batchnorm_folding_is_exact_and_undone() -> None:
         torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
         assert all("forward" not in m.__dict__ for m in net.modules())  # nothing left patched
         torch.testing.assert_close(net(x), plain, rtol=0, atol=0)
+
+
+def test_folding_is_refused_when_a_conv_output_has_another_reader() -> None:
+    from model.training.atcon import foldable_pairs
+
+    class Skip(nn.Module):  # conv -> bn, but the raw conv output is also added back
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.relu, self.fc = (
+                nn.Conv2d(3, 3, 3, padding=1),
+                nn.BatchNorm2d(3),
+                nn.ReLU(),
+                nn.Linear(3, 2),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            return self.fc(self.relu(self.bn(h) + h).mean(dim=(2, 3)))
+
+    # at initialisation BatchNorm is nearly the identity: only the randomised probe reveals the second reader
+    assert foldable_pairs(Skip().eval(), torch.randn(2, 3, 8, 8)) == []

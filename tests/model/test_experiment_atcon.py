@@ -196,6 +196,22 @@ def test_test_phase_is_registered_first_and_scored_once(tmp_path: Path) -> None:
     chosen = _run(tmp_path, data, "--images-per-class", "1")
     assert chosen["evaluated_on"] == "validation" and not (tmp_path / "out" / "results.registration.json").exists()
     assert chosen["runs"][0]["seeds"][0]["evaluated_on"] == "validation"
+    reused = run_cli(
+        [
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "out" / "t.json"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            *FAST,
+            "--images-per-class",
+            "1",
+            "--phase",
+            "test",
+        ]
+    )
+    assert reused == 2  # seeds 0-1 were used while choosing
     final = _run(tmp_path, data, "--images-per-class", "1", "--phase", "test", "--first-seed", "10")
     registration = json.loads((tmp_path / "out" / "results.registration.json").read_text())
     assert registration["config"]["first_seed"] == 10 and registration["registered_at"]
