@@ -1,4 +1,4 @@
-"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo."""
+"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from server.cli_access import add_access_parsers
 
 log = logging.getLogger("wardwatch")
 
@@ -214,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit after scoring instead of serving")
     p.set_defaults(func=_demo)
 
+    add_access_parsers(sub)  # users, tokens (server/cli_access.py)
     return parser
 
 

@@ -7,17 +7,25 @@ system would, so the demo exercises the same path as production.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.synthetic import SynthConfig, generate
+from server.db.access_tables import Role
+from server.db.session import session_scope
 from server.main import create_app
+from server.security.permissions import Scope
+from server.services.api_tokens import create_token
+from server.services.users import create_user
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,12 +52,38 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _drive(base: str, video: Path, server: uvicorn.Server, serve: bool, t0: float, outcome: dict) -> None:
-    """Upload the recording, wait for scoring, print what a clinician will see."""
+@dataclass(frozen=True)
+class DemoAccounts:
+    clinician: tuple[str, str]
+    admin: tuple[str, str]
+    upload_token: str
+
+
+def create_demo_accounts(settings: Settings, factory: sessionmaker[Session]) -> DemoAccounts:
+    """A clinician and an admin with fresh random passwords, and the token the demo uploads with.
+
+    They are marked ``demo``: refused here and at every sign-in when WARDWATCH_ENVIRONMENT=production, so no
+    password printed on a demo terminal can ever open a production server.
+    """
+    passwords = {role: secrets.token_urlsafe(12) for role in ("clinician", "admin")}
+    with session_scope(factory) as session:
+        for role, password in passwords.items():
+            create_user(session=session, username=f"demo-{role}", password=password, role=Role(role), demo=True,
+                        production=settings.production)
+        _row, token = create_token(session=session, username="demo-admin", expires_days=1, name="demo upload",
+                                   scopes=[Scope.write_recordings, Scope.read_events])
+    return DemoAccounts(clinician=("demo-clinician", passwords["clinician"]),
+                        admin=("demo-admin", passwords["admin"]), upload_token=token)
+
+
+def _drive(base: str, video: Path, server: uvicorn.Server, serve: bool, t0: float, outcome: dict,
+           accounts: DemoAccounts) -> None:
+    """Upload the recording (authenticated like a hospital system), wait for scoring, print the result."""
     try:
         while not server.started:
             time.sleep(0.05)
-        with httpx.Client(base_url=base, timeout=60) as client, video.open("rb") as handle:
+        headers = {"Authorization": f"Bearer {accounts.upload_token}"}
+        with httpx.Client(base_url=base, timeout=60, headers=headers) as client, video.open("rb") as handle:
             response = client.post("/api/v1/recordings", files={"file": (video.name, handle, "video/mp4")},
                                    data={"room": "demo-room-1", "patient_ref": "demo-patient"})
             response.raise_for_status()
@@ -71,6 +105,9 @@ def _drive(base: str, video: Path, server: uvicorn.Server, serve: bool, t0: floa
                       f"peak {event['peak_score']:.2f}", flush=True)
         if serve:
             print(f"\nReview the events at {base}/   (Ctrl-C to stop)", flush=True)
+            print(f"  sign in as {accounts.clinician[0]} / {accounts.clinician[1]}  (clinician: reviews events)",
+                  flush=True)
+            print(f"  or as      {accounts.admin[0]} / {accounts.admin[1]}  (admin: {base}/models.html)", flush=True)
     except Exception as exc:  # noqa: BLE001 - report and stop the server rather than hang
         outcome["error"] = str(exc)
         print(f"demo failed: {exc}", flush=True)
@@ -87,16 +124,21 @@ def run_demo(*, data_dir: Path, host: str, port: int, seconds: float, seed: int,
         print(f"port {port} on {host} is in use: stop what runs there or pass --port")
         return 2
     data_dir = data_dir.resolve()
+    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None)
+    if settings.production:
+        print("the demo's accounts are refused in production: unset WARDWATCH_ENVIRONMENT=production")
+        return 2
     _fresh_data_dir(data_dir)
     synth = generate(data_dir / "synthetic", SynthConfig(seconds=seconds, seed=seed))
     print(f"synthetic ward video: {synth.video} ({len(synth.events)} events: "
           f"{', '.join(f'{e.label}@{e.start:.0f}s' for e in synth.events)})", flush=True)
-    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None)
     app = create_app(settings)
+    accounts = create_demo_accounts(settings, app.state.session_factory)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     outcome: dict = {}
     base = f"http://{host}:{port}"
-    driver = threading.Thread(target=_drive, args=(base, synth.video, server, serve, t0, outcome), daemon=True)
+    driver = threading.Thread(target=_drive, args=(base, synth.video, server, serve, t0, outcome, accounts),
+                              daemon=True)
     driver.start()
     server.run()
     driver.join(timeout=5)

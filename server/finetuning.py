@@ -96,6 +96,7 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
             hyperparameters=params.get("hyperparameters", {}), on_progress=link.progress,
             should_cancel=link.should_cancel, device=ctx.settings.device,
             work_dir=ctx.settings.data_dir / "jobs" / str(job_id), also_compare=others,
+            pretrained=params.get("pretrained"),
         )
         if "others" in result.comparison:
             result.comparison["others"]["active"]["model_version_id"] = active_id

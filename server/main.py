@@ -7,12 +7,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__
-from server.api.routes import events, finetune, health, jobs, recordings
+from server.api.auditing import API_PREFIX, record_refusal
+from server.api.request_id import RequestIdMiddleware
+from server.api.routes import audit, events, finetune, health, jobs, recordings, session, users
+from server.api.security import unguarded_routes
 from server.bootstrap import ensure_active_model, open_database
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
@@ -25,7 +33,6 @@ from server.watcher import FolderWatcher
 from server.worker.dispatch import Dispatcher, make_dispatcher
 
 log = logging.getLogger(__name__)
-API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,16 +68,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = dispatcher
     app.state.worker_context = context
 
+    app.add_middleware(RequestIdMiddleware)
+
+    async def refused(request: Request, status: int, detail: str) -> Response | None:
+        """Audit a refusal on a guarded route; if the trail cannot be written, the answer is 503."""
+        try:
+            await run_in_threadpool(record_refusal, request, factory, status, detail)
+        except Exception:  # noqa: BLE001 - any database failure: no unaudited answer goes out
+            log.exception("could not write the audit entry for a refused request")
+            return JSONResponse(status_code=503, content={"detail": "audit trail unavailable; try again later"})
+        return None
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if 400 <= exc.status_code < 500 and (failed := await refused(request, exc.status_code, str(exc.detail))):
+            return failed
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
+        """422 without echoing the offending input back: it may be a password or a token."""
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
     @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+    async def _not_found(request: Request, exc: NotFoundError) -> Response:
+        return await refused(request, 404, str(exc)) or JSONResponse(status_code=404, content={"detail": str(exc)})
 
     @app.exception_handler(ConflictError)
-    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+    async def _conflict(request: Request, exc: ConflictError) -> Response:
+        return await refused(request, 409, str(exc)) or JSONResponse(status_code=409, content={"detail": str(exc)})
 
-    for module in (health, recordings, events, jobs, finetune):
+    for module in (health, session, recordings, events, jobs, finetune, audit, users):
         app.include_router(module.router, prefix=API_PREFIX)
+    if missing := unguarded_routes(app.routes):
+        raise RuntimeError(f"API routes without a Guard or Public dependency: {missing}")
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.db.tables import EventStatus, JobStatus, ModelState, RecordingStatus
+from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, Role
+from server.security.permissions import Scope
+
+MAX_ID = 2**63 - 1  # database IDs are 64-bit
 
 
 class _FromRow(BaseModel):
@@ -93,7 +96,7 @@ class ReviewIn(BaseModel):
     decision: Literal["confirmed", "rejected", "relabelled"]
     label: str | None = Field(default=None, min_length=1, max_length=64)
     note: str | None = Field(default=None, max_length=4000)
-    reviewer: str | None = Field(default=None, max_length=128)
+    # No "reviewer" field: the reviewer is the signed-in clinician, never what the client claims.
 
     @model_validator(mode="after")
     def _label_for_relabel(self) -> ReviewIn:
@@ -142,10 +145,19 @@ class FinetuneJobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_model_id: int | None = Field(default=None, description="default: the active model")
+    base_model_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="default: the active model")
     mode: Literal["alternating", "supervised", "unsupervised", "combined"] = "alternating"
     hyperparameters: dict = Field(default_factory=dict, examples=[{"epochs": 5, "lr": 1e-5, "alpha": 8}])
-    recording_ids: list[int] | None = Field(default=None, description="default: every scored recording")
+    recording_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        default=None, description="default: every scored recording")
+    pretrained: str | None = Field(
+        default=None,
+        pattern=r"^torchvision:[a-z0-9_]+(:[A-Za-z0-9_]+)?$",
+        description="start from these torchvision weights (resnet18 | resnet50 | r3d_18, read from the server's torch "
+        "hub cache, never downloaded) with a new head, instead of the base model's weights; the base gives the "
+        "architecture, classes and input",
+        examples=["torchvision:r3d_18"],
+    )
     max_unlabelled: int = Field(default=2000, ge=0, le=1_000_000)
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 0
@@ -155,3 +167,104 @@ class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
     next_cursor: int | None = None
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    role: Role
+
+
+class SessionPublic(BaseModel):
+    """Who a request acts for. ``csrf_token``: send it as ``X-CSRF-Token`` on every cookie-authenticated write."""
+
+    user: UserPublic
+    auth: Literal["session", "token"]
+    csrf_token: str | None = None
+    expires_at: datetime | None = None
+    idle_expires_at: datetime | None = None
+    token_id: int | None = None
+    scopes: list[str] | None = None
+    permissions: list[str]
+
+
+class AuditEntryPublic(_FromRow):
+    id: int
+    at: datetime
+    user_id: int | None
+    username: str | None
+    role: str | None
+    token_id: int | None
+    action: str
+    object_type: str | None
+    object_id: str | None
+    outcome: Outcome
+    status_code: int | None
+    detail: str | None
+    client_address: str | None
+    request_id: str | None
+
+
+class AuditPublic(BaseModel):
+    data: list[AuditEntryPublic]
+    count: int | None = Field(default=None, description="total matching, only with count=true")
+    next_cursor: int | None = None
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=2, max_length=64)
+    password: str = Field(min_length=12, max_length=256)
+    role: Role
+
+
+class UserAdminPublic(_FromRow):
+    id: int
+    username: str
+    role: Role
+    active: bool
+    demo: bool
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class UsersPublic(BaseModel):
+    data: list[UserAdminPublic]
+    count: int
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64, description="the user the token acts for")
+    scopes: list[Scope] = Field(min_length=1)
+    expires_days: int | None = Field(default=90, ge=1, le=3650, description="null: never expires")
+    name: str | None = Field(default=None, max_length=128, description="what it is for, e.g. the system using it")
+
+
+class TokenPublic(BaseModel):
+    id: int
+    username: str
+    name: str | None
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="shown once, now: only its digest is stored")
+
+
+class TokensPublic(BaseModel):
+    data: list[TokenPublic]
+    count: int

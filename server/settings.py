@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     stream_max_reconnects: int | None = Field(default=None, description="None: reconnect forever")
     filename_time_pattern: str | None = Field(
         default=None, description="strftime pattern of the start time in file names, e.g. %Y%m%d_%H%M%S (UTC)")
-    admin_token: str | None = Field(default=None, description="bearer token for admin endpoints")
+    admin_token: str | None = Field(default=None, description="retired: refused at start-up (see _retired)")
+
+    session_idle_minutes: float = Field(default=30, gt=0, description="a browser session ends after this idle time")
+    session_absolute_hours: float = Field(default=12, gt=0, description="and after this long, whatever the activity")
+    login_max_failures: int = Field(default=5, ge=1, description="failed sign-ins per username / address ...")
+    login_window_seconds: int = Field(default=900, ge=1, description="... within this window before 429")
+    token_default_expiry_days: int | None = Field(default=90, ge=1, description="API tokens; None: no expiry")
 
     max_upload_bytes: int = 4 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
@@ -61,6 +67,19 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         return self
+
+    @model_validator(mode="after")
+    def _retired(self) -> Settings:
+        """WARDWATCH_ADMIN_TOKEN used to open the admin endpoints. Ignoring it silently would leave an operator
+        believing it still does something, so a start-up with it set fails and says what replaced it."""
+        if self.admin_token is not None:
+            raise ValueError("WARDWATCH_ADMIN_TOKEN is retired: create an admin with `wardwatch users create "
+                             "--role admin` and an API token with `wardwatch tokens create`, then unset it")
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -13,11 +13,20 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.watch import WatchFolder
+from server.db.access_tables import AuditLog, Outcome
+from server.services.audit import AuditTarget, RequestInfo, audit_entry
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
+
+
+def _system_entry() -> AuditLog:
+    """The watch folder writes recordings too: its entries name it as the actor."""
+    return audit_entry(principal=None, target=AuditTarget("watch_folder_import", "recording"),
+                       info=RequestInfo(request_id=None, client_address=None), outcome=Outcome.allowed,
+                       username="system:watch-folder")
 
 
 class FolderWatcher:
@@ -54,7 +63,7 @@ class FolderWatcher:
                 recording, job_id = register_recording(
                     settings=self.settings, factory=self.factory, source=path.name, file=path,
                     sha256=file_sha256(path), size=path.stat().st_size, options=IntakeOptions(),
-                    move_into_data_dir=False)
+                    move_into_data_dir=False, audit=_system_entry())
             except RecordingRejected as exc:
                 log.warning("watch folder: %s refused: %s", path.name, exc.reason)
                 self.folder.mark_failed(path, exc.reason)

@@ -1,17 +1,26 @@
 // Thin client for the Wardwatch REST API. Errors carry the server's {"detail": ...} message.
-// Admin calls take the admin token; without one no Authorization header is sent (development mode is open).
-const BASE = "/api/v1";
+// Requests ride on the session cookie; writes add the session's CSRF token. A 401 (the session ended) shows
+// the sign-in form and the request is sent again once the user has signed in.
+import { csrfToken, signIn } from "./session.js";
 
-async function request(path, { token, headers, ...options } = {}) {
+const BASE = "/api/v1";
+const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+async function request(path, { headers, ...options } = {}, retried = false) {
+  const method = (options.method || "GET").toUpperCase();
   const response = await fetch(BASE + path, {
     ...options,
     headers: {
       "Content-Type": "application/json",
       Accept: "application/json",
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
+      ...(UNSAFE.has(method) && csrfToken() ? { "X-CSRF-Token": csrfToken() } : {}),
       ...headers,
     },
   });
+  if (response.status === 401 && !retried) {
+    await signIn("Your session has ended. Sign in again to continue.");
+    return request(path, { headers, ...options }, true);
+  }
   if (!response.ok) {
     let detail = response.statusText;
     try {
@@ -33,7 +42,7 @@ export const api = {
   jobs: (params) => request("/jobs?" + new URLSearchParams(params)),
   job: (id) => request(`/jobs/${id}`),
   // admin
-  activate: (id, token) => request(`/models/${id}/activate`, { method: "POST", token }),
-  startFinetune: (body, token) => request("/finetune-jobs", { method: "POST", body: JSON.stringify(body), token }),
-  cancelJob: (id, token) => request(`/jobs/${id}/cancel`, { method: "POST", token }),
+  activate: (id) => request(`/models/${id}/activate`, { method: "POST" }),
+  startFinetune: (body) => request("/finetune-jobs", { method: "POST", body: JSON.stringify(body) }),
+  cancelJob: (id) => request(`/jobs/${id}/cancel`, { method: "POST" }),
 };

@@ -1,5 +1,6 @@
 // Review queue: list flagged events, open one with its explanations, confirm / reject / relabel.
 import { api } from "./api.js";
+import { ensureSignedIn } from "./session.js";
 
 const METHOD_NAMES = {
   key_frame: "Frame",
@@ -155,6 +156,7 @@ async function init() {
   try {
     const health = await api.health();
     $("health").textContent = `v${health.version} · ${health.mode}`;
+    await ensureSignedIn();
     const models = await api.models();
     const active = models.find((m) => m.state === "active");
     state.labels = active ? active.class_names : [];

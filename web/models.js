@@ -1,13 +1,11 @@
 // Admin page: model versions (activate / roll back), start ATCON fine-tuning, watch and cancel fine-tune jobs.
 import { api } from "./api.js";
+import { ensureSignedIn } from "./session.js";
 
-const TOKEN_KEY = "wardwatch.adminToken";
 const POLL_MS = 2000;
 const LIVE = new Set(["queued", "running"]);
 const state = { models: [], jobs: [], highlight: null, poll: null, live: new Set(), basePicked: false };
 const $ = (id) => document.getElementById(id);
-
-const token = () => $("admin-token").value.trim();
 
 /** A 0..1 score as points with one decimal ("61.2"), or an em dash. */
 function pts(value) {
@@ -145,7 +143,7 @@ async function activate(model) {
   $("models-status").className = "message";
   $("models-status").textContent = `${verb === "Activated" ? "Activating" : "Rolling back to"} ${model.name}…`;
   try {
-    const updated = await api.activate(model.id, token());
+    const updated = await api.activate(model.id);
     // The server answers before its transaction commits, so an immediate re-read can still show the old
     // state: apply the answer here (the previously active version is retired by the same call).
     state.models = state.models.map((m) => m.id === updated.id ? { ...m, ...updated }
@@ -228,7 +226,7 @@ async function submitFinetune(event) {
   }
   $("ft-submit").disabled = true;
   try {
-    const job = await api.startFinetune(body, token());
+    const job = await api.startFinetune(body);
     const base = modelName(job.params.base_model_id);
     status.textContent = `Job ${job.id} ${job.status}: ${body.mode} fine-tuning of ${base}.`;
     await loadJobs();
@@ -328,7 +326,7 @@ async function cancelJob(id) {
   const status = $("jobs-status");
   status.className = "message";
   try {
-    const job = await api.cancelJob(id, token());
+    const job = await api.cancelJob(id);
     status.textContent = `Job ${job.id} ${job.status}.`;
     // Applied from the answer (an immediate re-read may precede the server's commit); polling goes on.
     state.jobs = state.jobs.map((j) => (j.id === job.id ? job : j));
@@ -344,13 +342,6 @@ async function cancelJob(id) {
 // ---------------------------------------------------------------------------------------------- start
 
 async function init() {
-  const input = $("admin-token");
-  input.value = sessionStorage.getItem(TOKEN_KEY) || "";
-  input.addEventListener("input", () => {
-    if (token()) sessionStorage.setItem(TOKEN_KEY, token());
-    else sessionStorage.removeItem(TOKEN_KEY);
-  });
-  $("token-form").addEventListener("submit", (e) => e.preventDefault());
   $("finetune-form").addEventListener("submit", submitFinetune);
   $("ft-base").addEventListener("change", () => { state.basePicked = true; });
   try {
@@ -359,6 +350,7 @@ async function init() {
   } catch (err) {
     $("health").textContent = `server unreachable: ${err.message}`;
   }
+  await ensureSignedIn();
   await loadModels();
   await loadJobs();
 }

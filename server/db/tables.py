@@ -1,4 +1,5 @@
-"""Typed tables: recording, clip, event, explanation, model_version, job (DESIGN.md's first-cut data model)."""
+"""Typed tables: recording, clip, event, explanation, model_version, job (DESIGN.md's first-cut data model),
+plus the access-control tables of `server.db.access_tables`."""
 
 from __future__ import annotations
 
@@ -171,3 +172,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+# Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.
+from server.db.access_tables import ApiToken, AuditLog, LoginAttempt, Outcome, Role, User, UserSession  # noqa: E402
+
+__all__ = [
+    "ApiToken", "AuditLog", "Clip", "Event", "EventStatus", "Explanation", "Job", "JobStatus", "LoginAttempt",
+    "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "Role", "User", "UserSession",
+]

@@ -44,13 +44,13 @@ def get_event(*, session: Session, event_id: int) -> Event:
     return event
 
 
-def review_event(*, session: Session, event_id: int, review: ReviewIn) -> Event:
+def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer: str) -> Event:
     """Record a clinician's decision. A later review replaces an earlier one (the audit log keeps both)."""
     event = get_event(session=session, event_id=event_id)
     event.status = EventStatus(review.decision)
     event.reviewed_label = review.label if review.decision == "relabelled" else None
     event.note = review.note
-    event.reviewer = review.reviewer
+    event.reviewer = reviewer
     event.reviewed_at = utcnow()
     session.flush()
     return event

@@ -17,8 +17,9 @@ from ingest.errors import IngestError
 from ingest.probe import probe
 from ingest.timestamps import started_at_from_filename
 from server.db.session import session_scope
-from server.db.tables import Job, Recording, RecordingStatus
+from server.db.tables import AuditLog, Job, Outcome, Recording, RecordingStatus
 from server.schemas import RecordingPublic
+from server.services.audit import record
 from server.services.recordings import apply_probe, create_recording, find_duplicate, mark_failed
 from server.services.uploads import TruncatedUploadError, check_complete_mp4
 from server.settings import Settings
@@ -50,12 +51,14 @@ def file_sha256(path: Path, chunk: int = 1024 * 1024) -> str:
 
 
 def register_recording(*, settings: Settings, factory: sessionmaker[Session], source: str, file: Path,
-                       sha256: str, size: int, options: IntakeOptions, move_into_data_dir: bool
-                       ) -> tuple[RecordingPublic, int]:
+                       sha256: str, size: int, options: IntakeOptions, move_into_data_dir: bool,
+                       audit: AuditLog | None = None) -> tuple[RecordingPublic, int]:
     """Create the recording for ``file``, check and probe it, queue its scoring job; returns (recording, job id).
 
     ``move_into_data_dir``: uploads are moved under ``recordings/<id>/``; imported and watched files stay where
     they are (hospital archives are large) and are referenced by absolute path. Raises RecordingRejected.
+    ``audit``: the entry for this write, committed in the same transaction as the recording (allowed, or
+    refused with the reason when the file is rejected and kept as a failed recording).
     """
     with session_scope(factory) as session:
         recording = create_recording(session=session, source=source, room=options.room,
@@ -77,12 +80,19 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
             if status == 409 and move_into_data_dir:
                 target.unlink(missing_ok=True)
             mark_failed(recording=recording, reason=reason)
+            if audit is not None:
+                audit.object_id, audit.outcome, audit.status_code = str(recording.id), Outcome.refused, status
+                audit.detail = reason[:256]
+                record(session=session, entry=audit)
             session.commit()
             raise RecordingRejected(status, f"{reason} (recording {recording.id} marked failed)", reason)
         recording.status = RecordingStatus.queued
         job = Job(kind="score", recording_id=recording.id, params={"source": recording.source})
         session.add(job)
         session.flush()
+        if audit is not None:
+            audit.object_id, audit.status_code = str(recording.id), 201
+            record(session=session, entry=audit)
         return RecordingPublic.model_validate(recording), job.id
 
 

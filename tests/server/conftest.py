@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import act_as, bearer
 
 
 @pytest.fixture
@@ -19,8 +20,14 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
+    """A client signed in with a clinician's token (read, upload, review); admin calls add ``admin(client)``."""
     with TestClient(create_app(settings)) as test_client:
-        yield test_client
+        yield act_as(test_client, "clinician")
+
+
+def admin(client: TestClient) -> dict[str, str]:
+    """Headers of an admin token (every scope an admin can use), for the odd admin-only call."""
+    return bearer(client.app, "admin")
 
 
 def wait_for_tasks(client: TestClient, timeout: float = 240) -> None:

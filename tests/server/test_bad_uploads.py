@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import act_as
 from tests.server.conftest import upload, wait_for_tasks
 
 
@@ -91,6 +92,7 @@ def test_chunked_upload_stops_at_the_limit(tmp_path: Path, ward_video) -> None: 
             yield body[start:start + 8192]
 
     with TestClient(create_app(settings)) as client:
+        act_as(client, "clinician")
         answer = client.post("/api/v1/recordings", content=chunks(),
                              headers={"Content-Type": "multipart/form-data; boundary=xyz"})
         assert answer.status_code == 413 and "limit" in answer.json()["detail"]
@@ -101,7 +103,7 @@ def test_chunked_upload_stops_at_the_limit(tmp_path: Path, ward_video) -> None: 
 def test_upload_over_the_limit_is_413(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=10_000, broker_url=None)
     with TestClient(create_app(settings)) as client:
-        answer = upload(client, ward_video.video)
+        answer = upload(act_as(client, "clinician"), ward_video.video)
         assert answer.status_code == 413
         assert "limit" in answer.json()["detail"]
         assert list((settings.data_dir / "recordings").rglob("*.mp4")) == []

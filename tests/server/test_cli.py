@@ -62,6 +62,14 @@ def test_demo_once(tmp_path: Path) -> None:
     assert flagged >= 1
 
 
+def test_demo_refuses_production(tmp_path: Path) -> None:
+    env = {**os.environ, "WARDWATCH_ENVIRONMENT": "production"}
+    done = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--once", "--port", str(free_port()),
+                           "--data-dir", str(tmp_path / "demo")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "refused in production" in done.stdout
+    assert not (tmp_path / "demo").exists()
+
+
 def test_ingest_a_stream_url(tmp_path: Path, capsys, ward_video) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     server = subprocess.Popen(
@@ -100,3 +108,70 @@ def test_experiment_atcon_as_the_readme_spells_it(tmp_path: Path, capsys) -> Non
     assert results["config"]["arch"] == "tiny2d" and results["runs"][0]["images_per_class"] == 1
     assert main(["experiment", "nonesuch"]) == 2
     assert "unknown experiment 'nonesuch'" in capsys.readouterr().err
+
+
+def test_users_and_tokens_commands(db_url: str, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Bootstrap from a shell: the token printed alone on the last line works against a server on the same
+    database, and stops working once revoked or once its user is disabled."""
+    from fastapi.testclient import TestClient
+
+    from server.main import create_app
+    from server.settings import Settings, get_settings
+
+    monkeypatch.setenv("WARDWATCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WARDWATCH_DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    try:
+        assert main(["users", "create", "--username", "Nurse.Jo", "--password", "long enough password",
+                     "--role", "clinician"]) == 0
+        assert "created clinician 'nurse.jo'" in capsys.readouterr().out
+        assert main(["users", "create", "--username", "nurse.jo", "--password", "another long one",
+                     "--role", "admin"]) == 2
+        assert "already exists" in capsys.readouterr().err
+        assert main(["users", "create", "--username", "short", "--password", "2short", "--role", "admin"]) == 2
+        assert "at least 12 characters" in capsys.readouterr().err
+        assert main(["tokens", "create", "--user", "nurse.jo", "--scopes", "admin"]) == 2
+        assert "cannot use scope(s) admin" in capsys.readouterr().err
+        assert main(["tokens", "create", "--user", "nurse.jo", "--scopes", "read:events", "review",
+                     "--expires-days", "7", "--name", "ward tablet"]) == 0
+        out = capsys.readouterr().out
+        token = out.strip().splitlines()[-1]
+        assert token.startswith("ww_") and len(token) > 40 and out.count(token) == 1
+        token_id = int(out.split("token ", 1)[1].split()[0])
+
+        assert main(["users", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "nurse.jo" in listing and "clinician" in listing and "active" in listing
+        assert main(["tokens", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "read:events review" in listing and token not in listing
+
+        app = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None))
+        with TestClient(app) as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            me = client.get("/api/v1/session", headers=headers).json()
+            assert me["user"]["username"] == "nurse.jo" and me["scopes"] == ["read:events", "review"]
+            assert main(["tokens", "revoke", str(token_id)]) == 0
+            assert client.get("/api/v1/events", headers=headers).status_code == 401
+            assert main(["tokens", "revoke", "999"]) == 2
+
+            assert main(["tokens", "create", "--user", "nurse.jo", "--scopes", "read:events"]) == 0
+            second = {"Authorization": f"Bearer {capsys.readouterr().out.strip().splitlines()[-1]}"}
+            assert client.get("/api/v1/events", headers=second).status_code == 200
+            assert main(["users", "disable", "nurse.jo"]) == 0
+            assert client.get("/api/v1/events", headers=second).status_code == 401
+            assert main(["users", "disable", "nobody"]) == 2
+            assert main(["tokens", "create", "--user", "nurse.jo", "--scopes", "read:events"]) == 2
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_retired_admin_token_setting_is_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    monkeypatch.setenv("WARDWATCH_ADMIN_TOKEN", "s3cret")
+    with pytest.raises(ValidationError, match="WARDWATCH_ADMIN_TOKEN is retired"):
+        Settings()

@@ -10,7 +10,8 @@ from server.db.base import Base
 from server.db.migrate import current_revision, downgrade, head_revision, upgrade
 from server.db.session import make_engine
 
-TABLES = {"recording", "clip", "event", "explanation", "model_version", "job"}
+TABLES = {"recording", "clip", "event", "explanation", "model_version", "job", "app_user", "user_session", "api_token",
+          "login_attempt", "audit_log"}
 
 
 def test_upgrade_downgrade_roundtrip(db_url: str) -> None:

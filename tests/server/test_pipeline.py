@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from tests.server.conftest import upload, wait_for_tasks
+from tests.server.conftest import admin, upload, wait_for_tasks
 
 
 def _overlaps(event: dict, truth: dict) -> bool:
@@ -61,8 +61,18 @@ def test_upload_scores_and_explains(client: TestClient, ward_video) -> None:  # 
     key_frame = client.get(event["key_frame_url"])
     assert key_frame.status_code == 200 and key_frame.content[:4] == b"\x89PNG"
 
-    job_ids = [j for j in range(1, 5) if client.get(f"/api/v1/jobs/{j}").status_code == 200]
-    assert client.get(f"/api/v1/jobs/{job_ids[0]}").json()["status"] == "succeeded"
+    headers = admin(client)  # jobs are for admins
+    job_ids = [j for j in range(1, 5) if client.get(f"/api/v1/jobs/{j}", headers=headers).status_code == 200]
+    assert client.get(f"/api/v1/jobs/{job_ids[0]}", headers=headers).json()["status"] == "succeeded"
+
+    # every read of patient data above, and the upload, is in the audit trail under the clinician's name
+    trail = client.get("/api/v1/audit", params={"user": "test-clinician", "limit": 1000}, headers=headers).json()
+    actions = {(e["action"], e["object_type"], e["object_id"]) for e in trail["data"]}
+    assert ("upload_recording", "recording", str(recording["id"])) in actions
+    for action in ("read_event_clip", "read_key_frame", "read_explanations"):
+        assert (action, "event", str(event["id"])) in actions, action
+    assert ("read_explanation_media", "explanation", str(explanations["data"][0]["id"])) in actions
+    assert all(e["outcome"] == "allowed" and e["role"] == "clinician" for e in trail["data"])
 
 
 def test_review_decisions(client: TestClient, ward_video) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +139,7 @@ def test_pagination_and_unknown_ids(client: TestClient, ward_video) -> None:  # 
 
     for path in ("/api/v1/recordings/999", "/api/v1/events/999", "/api/v1/events/999/explanations",
                  "/api/v1/jobs/999", "/api/v1/explanations/999/overlay.png"):
-        answer = client.get(path)
+        answer = client.get(path, headers=admin(client) if "/jobs/" in path else None)
         assert answer.status_code == 404, path
         assert "not found" in answer.json()["detail"]
     assert client.post("/api/v1/events/999/review", json={"decision": "rejected"}).status_code == 404

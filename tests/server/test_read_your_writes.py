@@ -14,6 +14,7 @@ from sqlalchemy import event
 from server.db.tables import ModelState, ModelVersion
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import bearer
 from tests.conftest import running_server
 
 COMMIT_DELAY = 0.6  # seconds: wide enough that a response sent before the commit would be seen
@@ -43,7 +44,9 @@ def test_activation_is_committed_before_the_response(slow_commit_server) -> None
 
     event.listen(factory, "before_commit", slow)
     try:
-        with httpx.Client(base_url=base, timeout=30) as writer, httpx.Client(base_url=base, timeout=30) as reader:
+        headers = bearer(app, "admin")
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as writer, \
+                httpx.Client(base_url=base, timeout=30, headers=headers) as reader:
             answer = writer.post(f"/api/v1/models/{twin_id}/activate")
             assert answer.status_code == 200 and answer.json()["state"] == "active"
             states = {m["id"]: m["state"] for m in reader.get("/api/v1/models").json()}

@@ -17,6 +17,7 @@ from server.db.session import make_engine
 from server.db.tables import Clip, Recording, RecordingStatus
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import act_as
 from tests.server.conftest import upload, wait_for_tasks
 
 WORKER = """
@@ -59,6 +60,7 @@ def test_killed_scoring_resumes_without_gaps_or_duplicates(tmp_path: Path, ward_
     settings = Settings(data_dir=data_dir, broker_url=None, device="cpu", commit_every=2)
     url = settings.sqlalchemy_url
     with TestClient(create_app(settings)) as client:
+        act_as(client, "clinician")
         reference = upload(client, ward_video.video).json()
         wait_for_tasks(client)
         expected = client.get(f"/api/v1/recordings/{reference['id']}").json()["clip_count"]
@@ -78,6 +80,7 @@ def test_killed_scoring_resumes_without_gaps_or_duplicates(tmp_path: Path, ward_
     assert 4 <= committed < expected
 
     with TestClient(create_app(settings)) as client:  # restart: embedded mode resumes in-flight recordings
+        act_as(client, "clinician")
         wait_for_tasks(client)
         recording = client.get(f"/api/v1/recordings/{victim['id']}").json()
         assert recording["status"] == "scored" and recording["clip_count"] == expected

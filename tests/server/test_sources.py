@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import act_as
 from tests.server.conftest import wait_for_tasks
 
 
@@ -27,6 +28,7 @@ def test_import_from_the_import_directory_only(tmp_path: Path, ward_video) -> No
     settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", import_dir=root,
                         filename_time_pattern="%Y%m%d_%H%M%S")
     with TestClient(create_app(settings)) as client:
+        act_as(client, "clinician")
         named = client.post("/api/v1/recordings", json={"path": "room12/cam_20260301_081500.mp4"}).json()
         assert named["started_at"] == "2026-03-01T08:15:00Z"  # from the file name, over container metadata
         answer = client.post("/api/v1/recordings", json={"path": "room12/night.mp4", "room": "12",
@@ -50,6 +52,7 @@ def test_import_from_the_import_directory_only(tmp_path: Path, ward_video) -> No
 
     disabled = Settings(data_dir=tmp_path / "d2", broker_url=None)
     with TestClient(create_app(disabled)) as client:
+        act_as(client, "clinician")
         answer = client.post("/api/v1/recordings", json={"path": "room12/night.mp4"})
         assert answer.status_code == 403 and "WARDWATCH_IMPORT_DIR" in answer.json()["detail"]
 
@@ -60,6 +63,7 @@ def test_watch_folder_ingests_each_file_once(tmp_path: Path, ward_video) -> None
     settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", watch_dir=watch,
                         watch_interval=0.1, watch_settle_seconds=0.3)
     with TestClient(create_app(settings)) as client:
+        act_as(client, "clinician")
         growing = watch / "cam1.mp4"
         data = ward_video.video.read_bytes()
         with growing.open("wb") as handle:  # a file still being written (slowly, steadily) is waited for
@@ -84,5 +88,6 @@ def test_watch_folder_ingests_each_file_once(tmp_path: Path, ward_video) -> None
         assert "not a video" in (watch / "failed" / "broken.mp4.reason.txt").read_text().lower()
 
     with TestClient(create_app(settings)) as client:  # a restart does not ingest cam1.mp4 again
+        act_as(client, "clinician")
         time.sleep(0.8)
         assert client.get("/api/v1/recordings").json()["count"] == 2

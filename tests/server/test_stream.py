@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import act_as
 from tests.conftest import free_port
 
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
@@ -27,6 +28,7 @@ def test_live_stream_until_stopped(tmp_path: Path, ward_video) -> None:  # type:
     try:
         time.sleep(0.5)
         with TestClient(create_app(settings)) as client:
+            act_as(client, "admin")  # an admin: the stream's job is read from /jobs
             answer = client.post("/api/v1/recordings", json={"url": f"tcp://127.0.0.1:{port}", "room": "icu-3"})
             assert answer.status_code == 201, answer.text
             recording = answer.json()
@@ -72,6 +74,7 @@ def _committed(settings: Settings, recording_id: int) -> int:
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "concat:a|b", "ftp://example.org/x", "tcp://", "nonsense"])
 def test_bad_stream_urls_are_refused(tmp_path: Path, url: str) -> None:
     with TestClient(create_app(Settings(data_dir=tmp_path / "data", broker_url=None))) as client:
+        act_as(client, "clinician")
         answer = client.post("/api/v1/recordings", json={"url": url})
         assert answer.status_code == 422, url
         assert answer.json()["detail"]

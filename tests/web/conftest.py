@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.accounts import PASSWORD
 
 CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("WARDWATCH_TEST_ARTIFACTS", "/tmp/wardwatch-test-artifacts"))
@@ -28,11 +30,22 @@ def page() -> Iterator[Page]:
             browser.close()
 
 
-def upload_and_score(base: str, app: Any, video: Path) -> dict:
-    """Upload ``video`` through the REST API and wait for the embedded worker to score it."""
+def upload_and_score(base: str, app: Any, video: Path, headers: dict[str, str]) -> dict:
+    """Upload ``video`` through the REST API (as the token in ``headers``) and wait until it is scored."""
     with video.open("rb") as handle:
-        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60).json()
+        recording = httpx.post(f"{base}/api/v1/recordings", files={"file": ("ward.mp4", handle)}, timeout=60,
+                               headers=headers).json()
     app.state.dispatcher.wait(timeout=240)
-    scored = httpx.get(f"{base}/api/v1/recordings/{recording['id']}").json()
+    scored = httpx.get(f"{base}/api/v1/recordings/{recording['id']}", headers=headers).json()
     assert scored["status"] == "scored", scored
     return scored
+
+
+def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
+    """Sign in through the page's real form, as a person would."""
+    expect(page.get_by_role("heading", name="Sign in to Wardwatch")).to_be_visible()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#signin")).to_be_hidden()
+    expect(page.locator("#user-name")).to_contain_text(username)

@@ -1,5 +1,6 @@
-"""The admin page in real Chromium: model versions, an ATCON fine-tune started and watched from the page, the
-candidate compared with its base and activated, a rollback; refused admin calls show the server's reason."""
+"""The admin page in real Chromium: a clinician signed in through the page may look but not fine-tune (the page
+shows the server's reason); an admin starts an ATCON fine-tune and watches it, the candidate is compared with
+its base and activated, then rolled back."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from playwright.sync_api import Page, expect
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import bearer, ensure_user
 from tests.conftest import running_server
-from tests.web.conftest import ARTIFACTS, upload_and_score
+from tests.web.conftest import ARTIFACTS, sign_in, upload_and_score
 
 pytestmark = pytest.mark.browser
-TOKEN = "s3cret"
+HEADERS: dict[str, str] = {}  # an admin token for the test's own API calls, set by the fixture
 TINY_EXTRA = {"batch_size": 4, "unlabelled_batch_size": 4, "alpha": 2, "eval_batch_size": 8}
 FINISHED = re.compile(r"^(succeeded|failed|cancelled)$")
 COMPARISON = re.compile(r"base (\d+\.\d) → candidate (\d+\.\d) \(([+-]\d+\.\d)\)")
@@ -29,21 +31,27 @@ COMPARISON = re.compile(r"base (\d+\.\d) → candidate (\d+\.\d) \(([+-]\d+\.\d)
 @pytest.fixture
 def live_server(tmp_path: Path, ward_video) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A scored recording with one confirmed and one rejected event, so a fine-tune has reviewed clips."""
-    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", admin_token=TOKEN))
+    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu"))
     with running_server(app) as base:
-        recording = upload_and_score(base, app, ward_video.video)
-        events = httpx.get(f"{base}/api/v1/events", params={"recording": recording["id"]}).json()["data"]
+        clinician = bearer(app, "clinician")
+        HEADERS.clear()
+        HEADERS.update(bearer(app, "admin"))
+        recording = upload_and_score(base, app, ward_video.video, clinician)
+        events = httpx.get(f"{base}/api/v1/events", params={"recording": recording["id"]},
+                           headers=clinician).json()["data"]
         assert len(events) >= 2
         for event, decision in zip(events, ("confirmed", "rejected"), strict=False):
-            answer = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision})
+            answer = httpx.post(f"{base}/api/v1/events/{event['id']}/review", json={"decision": decision},
+                                headers=clinician)
             assert answer.status_code == 200, answer.text
+        ensure_user(app, "admin")
         yield base
         with contextlib.suppress(Exception):
             app.state.dispatcher.wait(timeout=120)  # no training thread outlives the test
 
 
 def _finetune_jobs(base: str) -> list[dict]:
-    return httpx.get(f"{base}/api/v1/jobs", params={"kind": "finetune"}).json()["data"]
+    return httpx.get(f"{base}/api/v1/jobs", params={"kind": "finetune"}, headers=HEADERS).json()["data"]
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10) -> None:
@@ -55,16 +63,28 @@ def _eventually(check: Callable[[], bool], timeout: float = 10) -> None:
 
 
 def _models(base: str) -> dict[int, dict]:
-    return {m["id"]: m for m in httpx.get(f"{base}/api/v1/models").json()}
+    return {m["id"]: m for m in httpx.get(f"{base}/api/v1/models", headers=HEADERS).json()}
 
 
 @pytest.mark.timeout(900)  # scoring the recording plus one tiny fine-tune on a busy CPU
 def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page) -> None:
     (active,) = [m for m in _models(live_server).values() if m["state"] == "active"]
     page.goto(live_server)
+    sign_in(page, "test-clinician")
     expect(page.get_by_role("link", name="Models & fine-tuning")).to_have_attribute("href", "models.html")
-    page.goto(f"{live_server}/models.html")
+    page.goto(f"{live_server}/models.html")  # the session cookie carries over: no second sign-in
     expect(page.get_by_role("link", name="← Event review")).to_have_attribute("href", "index.html")
+
+    # a clinician sees the model versions but may neither see jobs nor fine-tune; the page says why
+    expect(page.locator(f"#model-{active['id']}")).to_contain_text(active["name"])
+    expect(page.locator("#jobs-count")).to_contain_text("403: the clinician role may not do this")
+    page.get_by_label("Epochs").fill("1")
+    page.locator("#ft-extra").fill(json.dumps(TINY_EXTRA))
+    page.click("#ft-submit")
+    expect(page.locator("#finetune-status")).to_contain_text("403: the clinician role may not do this")
+    assert _finetune_jobs(live_server) == []
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, "test-admin")
 
     active_row = page.locator(f"#model-{active['id']}")
     expect(active_row).to_contain_text(active["name"])
@@ -88,18 +108,11 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     expect(extra).to_have_attribute("aria-invalid", "true")
     assert _finetune_jobs(live_server) == []
 
-    # without the token the server refuses, and the page says why
-    extra.fill(json.dumps(TINY_EXTRA))
-    page.click("#ft-submit")
+    # an unknown hyper-parameter is refused with the server's 422 detail
     status = page.locator("#finetune-status")
-    expect(status).to_contain_text("401: admin token required")
-    expect(page.locator("#ft-extra-error")).to_have_text("")
-    assert _finetune_jobs(live_server) == []
-
-    # with the token, an unknown hyper-parameter is refused with the server's 422 detail
-    page.get_by_label("Admin token").fill(TOKEN)
     extra.fill(json.dumps({**TINY_EXTRA, "epochz": 1}))
     page.click("#ft-submit")
+    expect(page.locator("#ft-extra-error")).to_have_text("")
     expect(status).to_contain_text("422")
     expect(status).to_contain_text("epochz")
     assert _finetune_jobs(live_server) == []
@@ -133,7 +146,7 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     expect(item.locator("progress")).to_have_js_property("value", 1)
     expect(item.get_by_role("button", name=f"Cancel job {job['id']}")).to_be_hidden()
 
-    done = httpx.get(f"{live_server}/api/v1/jobs/{job['id']}").json()
+    done = httpx.get(f"{live_server}/api/v1/jobs/{job['id']}", headers=HEADERS).json()
     candidate_id = done["result"]["model_version_id"]
     candidate = _models(live_server)[candidate_id]
     assert candidate["state"] == "candidate" and candidate["parent_id"] == active["id"]
@@ -156,14 +169,9 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     assert abs(float(row.locator(".val-f1").inner_text()) - 100 * val_f1) <= 0.051
     expect(page.locator(".model-row")).to_have_count(2)
 
-    # activating needs the token too; the page shows the refusal, then promotes the candidate
+    # promote the candidate
     activate = row.get_by_role("button", name=f"Activate {candidate['name']}")
-    page.get_by_label("Admin token").fill("")
-    activate.click()
     models_status = page.locator("#models-status")
-    expect(models_status).to_contain_text("401: admin token required")
-    assert _models(live_server)[candidate_id]["state"] == "candidate"
-    page.get_by_label("Admin token").fill(TOKEN)
     activate.click()
     expect(row.locator(".state-badge")).to_have_text("active")
     expect(models_status).to_contain_text(f"Activated {candidate['name']} ({active['name']} retired)")
@@ -179,7 +187,7 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     third = page.locator("#job-list .job").first
     expect(third).to_have_attribute("data-status", FINISHED, timeout=300_000)
     assert third.get_attribute("data-status") == "succeeded", third.inner_text()
-    newest = httpx.get(f"{live_server}/api/v1/jobs/{third.get_attribute('data-id')}").json()
+    newest = httpx.get(f"{live_server}/api/v1/jobs/{third.get_attribute('data-id')}", headers=HEADERS).json()
     assert newest["params"]["base_model_id"] == active["id"]
     other = page.locator(f"#model-{newest['result']['model_version_id']}")
     expect(other).to_have_class(re.compile(r"\bhighlight\b"))
@@ -191,9 +199,10 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
-    # the token lives in sessionStorage: it survives a reload; rolling back restores the original version
+    # the session survives a reload (no second sign-in); rolling back restores the original version
     page.reload()
-    expect(page.get_by_label("Admin token")).to_have_value(TOKEN)
+    expect(page.locator("#user-name")).to_contain_text("test-admin")
+    expect(page.locator("#signin")).to_be_hidden()
     active_row.get_by_role("button", name=f"Roll back to {active['name']}").click()
     expect(active_row.locator(".state-badge")).to_have_text("active")
     expect(models_status).to_contain_text(f"Rolled back to {active['name']}")

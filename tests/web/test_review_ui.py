@@ -1,5 +1,7 @@
-"""The review page in real Chromium: the queue lists scored events, an event opens with its overlays, and the
-clinician's decision reaches the API."""
+"""The review page in real Chromium: the clinician signs in through the page (wrong password first), the queue
+lists scored events, an event opens with its overlays, the decision reaches the API with the signed-in
+clinician as reviewer, a session that ended mid-review asks for the password again, and signing out ends the
+session on the server."""
 
 from __future__ import annotations
 
@@ -12,24 +14,38 @@ from playwright.sync_api import Page, expect
 
 from server.main import create_app
 from server.settings import Settings
+from tests.accounts import bearer, ensure_user
 from tests.conftest import running_server
-from tests.web.conftest import ARTIFACTS, upload_and_score
+from tests.web.conftest import ARTIFACTS, sign_in, upload_and_score
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def live_server(tmp_path: Path, ward_video) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def live_server(tmp_path: Path, ward_video) -> Iterator[tuple[str, dict[str, str]]]:  # type: ignore[no-untyped-def]
+    """(base URL, headers of a clinician token for the test's own API calls)."""
     app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu"))
     with running_server(app) as base:
-        upload_and_score(base, app, ward_video.video)
-        yield base
+        headers = bearer(app, "clinician")
+        ensure_user(app, "admin")
+        upload_and_score(base, app, ward_video.video, headers)
+        yield base, headers
 
 
-def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:
-    events = httpx.get(f"{live_server}/api/v1/events").json()
+def test_review_an_event_in_the_browser(live_server: tuple[str, dict[str, str]], page: Page) -> None:
+    base, headers = live_server
+    events = httpx.get(f"{base}/api/v1/events", headers=headers).json()
     assert events["count"] >= 1
-    page.goto(live_server)
+    page.goto(base)
+    expect(page.get_by_label("Username")).to_be_focused()
+    page.get_by_label("Username").fill("test-clinician")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#signin-message")).to_have_text("Wrong username or password.")
+    expect(page.locator(".event-item")).to_have_count(0)  # nothing of the queue before signing in
+    page.get_by_label("Username").fill("")
+    sign_in(page, "test-clinician")
+
     items = page.locator(".event-item")
     expect(items).to_have_count(events["count"])
     expect(page.locator("#queue-count")).to_contain_text(f"{events['count']} event")
@@ -40,9 +56,9 @@ def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:
     expect(page.locator("#event-title")).to_contain_text(f"event {first['id']}")
     expect(page.locator(".tab")).to_have_count(4)
     overlay = page.locator("#overlay")
-    expect(overlay).to_have_attribute("src", f"/api/v1/explanations/{_first_explanation(live_server, first)}"
+    expect(overlay).to_have_attribute("src", f"/api/v1/explanations/{_first_explanation(base, first, headers)}"
                                              "/overlay.png")
-    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")  # media ride on the cookie
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
 
@@ -53,10 +69,11 @@ def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:
     expect(page.locator("#clip-figure")).to_be_visible()
 
     page.fill("#review-note", "patient on the floor, nurse called")
-    page.click("#confirm")
+    page.click("#confirm")  # a cookie-authenticated write: the page sends the session's CSRF token
     expect(page.locator("#review-status")).to_have_text("Saved: confirmed")
-    reviewed = httpx.get(f"{live_server}/api/v1/events/{first['id']}").json()
+    reviewed = httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()
     assert reviewed["status"] == "confirmed" and reviewed["note"] == "patient on the floor, nurse called"
+    assert reviewed["reviewer"] == "test-clinician"
 
     page.select_option("#filter-status", "confirmed")
     expect(page.locator(".event-item")).to_have_count(1)
@@ -65,9 +82,48 @@ def test_review_an_event_in_the_browser(live_server: str, page: Page) -> None:
         expect(page.locator(".event-item")).to_have_count(events["count"] - 1)
         page.keyboard.press("j")
         expect(page.locator("#event-detail")).to_be_visible()
+        # the session ends (expired, revoked): the page asks for the password and then saves the decision
+        page.context.clear_cookies()
         page.keyboard.press("x")
+        expect(page.locator("#signin-message")).to_contain_text("session has ended")
+        sign_in(page, "test-clinician")
         expect(page.locator("#review-status")).to_have_text("Saved: rejected")
 
+    cookie = next(c for c in page.context.cookies() if c["name"] == "wardwatch_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to Wardwatch")).to_be_visible()
+    stale = httpx.get(f"{base}/api/v1/session", cookies={"wardwatch_session": cookie["value"]})
+    assert stale.status_code == 401  # signed out on the server, not only in this browser
 
-def _first_explanation(base: str, event: dict) -> int:
-    return httpx.get(f"{base}/api/v1/events/{event['id']}/explanations").json()["data"][0]["id"]
+
+def test_an_admin_cannot_review_and_the_page_says_so(live_server: tuple[str, dict[str, str]], page: Page) -> None:
+    base, headers = live_server
+    page.goto(base)
+    sign_in(page, "test-admin")
+    page.locator(".event-item").first.click()
+    page.click("#confirm")
+    expect(page.locator("#review-status")).to_have_text("Not saved — 403: the admin role may not do this")
+    first = httpx.get(f"{base}/api/v1/events", headers=headers).json()["data"][0]
+    assert first["status"] == "flagged"
+
+
+def _first_explanation(base: str, event: dict, headers: dict[str, str]) -> int:
+    return httpx.get(f"{base}/api/v1/events/{event['id']}/explanations", headers=headers).json()["data"][0]["id"]
+
+
+def test_sign_in_is_throttled_with_a_clear_message(tmp_path: Path, page: Page) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", login_max_failures=2))
+    with running_server(app) as base:
+        ensure_user(app, "clinician")
+        page.goto(base)
+        for _ in range(2):
+            page.get_by_label("Username").fill("test-clinician")
+            page.get_by_label("Password").fill("guess")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#signin-message")).to_have_text("Wrong username or password.")
+            page.locator("#signin-message").evaluate("m => m.textContent = ''")
+        page.get_by_label("Password").fill("correct horse battery staple")  # even the right one, for now
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#signin-message")).to_have_text("Too many failed sign-ins. Try again in 15 minutes.")
+        expect(page.locator("#signin")).to_be_visible()

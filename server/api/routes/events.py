@@ -10,6 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from server.api.deps import SessionDep, SettingsDep
+from server.api.params import CursorQuery, IdPath, IdQuery
+from server.api.security import ReadEvents, Review
 from server.db.tables import Event, EventStatus, Explanation
 from server.schemas import EventPublic, EventsPublic, ExplanationPublic, ExplanationsPublic, ReviewIn
 from server.services.errors import NotFoundError
@@ -39,11 +41,12 @@ def explanation_public(item: Explanation) -> ExplanationPublic:
 @router.get("/events", response_model=EventsPublic)
 def read_events(
     session: SessionDep,
+    _access: ReadEvents,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int | None, Query(description="last id of the previous page")] = None,
+    cursor: CursorQuery = None,
     status: EventStatus | None = None,
     label: str | None = None,
-    recording: int | None = None,
+    recording: IdQuery = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> EventsPublic:
@@ -55,18 +58,20 @@ def read_events(
 
 
 @router.get("/events/{event_id}", response_model=EventPublic)
-def read_event(session: SessionDep, event_id: int) -> EventPublic:
+def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> EventPublic:
     return event_public(get_event(session=session, event_id=event_id))
 
 
 @router.post("/events/{event_id}/review", response_model=EventPublic)
-def post_review(session: SessionDep, event_id: int, review: ReviewIn) -> EventPublic:
-    """Confirm, reject or relabel a flagged event (a later review replaces an earlier one)."""
-    return event_public(review_event(session=session, event_id=event_id, review=review))
+def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> EventPublic:
+    """Confirm, reject or relabel a flagged event (a later review replaces an earlier one). The reviewer is
+    the signed-in clinician."""
+    return event_public(review_event(session=session, event_id=event_id, review=review,
+                                     reviewer=access.principal.username))
 
 
 @router.get("/events/{event_id}/explanations", response_model=ExplanationsPublic)
-def read_explanations(session: SessionDep, event_id: int) -> ExplanationsPublic:
+def read_explanations(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> ExplanationsPublic:
     """Grad-CAM, Guided Backprop and Guided Grad-CAM of the event's key frame, with their agreement score."""
     event = get_event(session=session, event_id=event_id)
     items = [explanation_public(e) for e in event.explanations]
@@ -74,20 +79,20 @@ def read_explanations(session: SessionDep, event_id: int) -> ExplanationsPublic:
 
 
 @router.get("/events/{event_id}/keyframe.png", response_class=FileResponse)
-def read_key_frame(session: SessionDep, settings: SettingsDep, event_id: int) -> FileResponse:
+def read_key_frame(session: SessionDep, settings: SettingsDep, _access: ReadEvents, event_id: IdPath) -> FileResponse:
     event = get_event(session=session, event_id=event_id)
     return _media(settings.data_dir, event.key_frame_path, "image/png")
 
 
 @router.get("/events/{event_id}/clip.mp4", response_class=FileResponse)
-def read_event_clip(session: SessionDep, settings: SettingsDep, event_id: int) -> FileResponse:
+def read_event_clip(session: SessionDep, settings: SettingsDep, _access: ReadEvents, event_id: IdPath) -> FileResponse:
     """The event with a few seconds before and after, H.264 with faststart (range requests: players seek)."""
     event = get_event(session=session, event_id=event_id)
     return _media(settings.data_dir, event.clip_path, "video/mp4")
 
 
 @router.get("/explanations/{explanation_id}/{media}", response_class=FileResponse)
-def read_explanation_media(session: SessionDep, settings: SettingsDep, explanation_id: int,
+def read_explanation_media(session: SessionDep, settings: SettingsDep, _access: ReadEvents, explanation_id: IdPath,
                            media: Literal["overlay.png", "overlay.mp4"]) -> FileResponse:
     """The overlay PNG or the per-frame overlay video (answers range requests, so players can seek)."""
     item = session.get(Explanation, explanation_id)

@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import func, select
 
+from model.pretrained import PretrainedWeightsError, check_pretrained
 from model.training.config import TrainConfig
 from server.api.deps import DispatcherDep, SessionDep
-from server.auth import AdminDep
+from server.api.params import CursorQuery, IdPath
+from server.api.security import ManageModels, ReadJobs
 from server.db.base import utcnow
 from server.db.tables import Job, JobStatus, ModelVersion
 from server.finetuning import FINETUNE_KIND
@@ -21,7 +23,7 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.post("/finetune-jobs", status_code=202, response_model=JobPublic)
-def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: AdminDep,
+def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, access: ManageModels,
                         body: FinetuneJobCreate) -> Job:
     """Queue ATCON fine-tuning of a model version on the reviewed and unlabelled clips (training queue).
 
@@ -36,8 +38,13 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: A
         TrainConfig.from_dict({**body.hyperparameters, "mode": body.mode})
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, detail=f"bad hyperparameters: {exc}") from exc
+    if body.pretrained:
+        try:  # refused now, not after the job has waited in the queue
+            check_pretrained(body.pretrained, arch=base.architecture)
+        except PretrainedWeightsError as exc:
+            raise HTTPException(422, detail=f"pretrained weights: {exc}") from exc
     params = body.model_dump() | {"base_model_id": base.id}
-    job = Job(kind=FINETUNE_KIND, params=params, created_by=admin, status=JobStatus.queued)
+    job = Job(kind=FINETUNE_KIND, params=params, created_by=access.principal.username, status=JobStatus.queued)
     session.add(job)
     session.commit()  # the worker reads the row: enqueue only after it is committed
     job.celery_id = dispatcher.finetune(job.id)
@@ -45,8 +52,8 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, admin: A
 
 
 @router.get("/jobs", response_model=JobsPublic)
-def read_jobs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              cursor: Annotated[int | None, Query(description="last id of the previous page")] = None,
+def read_jobs(session: SessionDep, _access: ReadJobs, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              cursor: CursorQuery = None,
               kind: str | None = None, status: JobStatus | None = None) -> JobsPublic:
     """Jobs, newest first."""
     query = select(Job)
@@ -63,7 +70,7 @@ def read_jobs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(session: SessionDep, job_id: int, _admin: AdminDep) -> Job:
+def cancel_job(session: SessionDep, _access: ManageModels, job_id: IdPath) -> Job:
     """Cancel a queued or running job; a running fine-tune stops between steps and writes no model."""
     job = session.get(Job, job_id)
     if job is None:

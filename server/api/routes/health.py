@@ -7,10 +7,11 @@ from sqlalchemy import text
 
 from server import __version__
 from server.api.deps import SessionDep, SettingsDep
+from server.api.security import Public
 from server.schemas import Health
 from server.services.models import get_active_model
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Public])  # probes carry no credentials
 
 
 @router.get("/health", response_model=Health)

@@ -18,9 +18,12 @@ from ingest.errors import IngestError
 from ingest.paths import UnsafePathError, resolve_import_path
 from ingest.stream import redact_url, validate_stream_url
 from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep
+from server.api.params import CursorQuery, IdPath
+from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.schemas import RecordingPublic, RecordingsPublic
+from server.services.audit import record
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
 from server.services.recordings import create_recording, get_recording, list_recordings
@@ -69,7 +72,7 @@ _UPLOAD_BODY = {
              responses={409: {"description": "same content as an earlier recording"},
                         413: {"description": "upload too large"}, 422: {"description": "not a usable video"}})
 async def upload_recording(request: Request, settings: SettingsDep, factory: SessionFactoryDep,
-                           dispatcher: DispatcherDep) -> RecordingPublic:
+                           dispatcher: DispatcherDep, access: WriteRecordingsUpload) -> RecordingPublic:
     """Upload a recording (multipart: ``file`` plus optional form fields).
 
     The body is streamed to disk and hashed on the way; past ``WARDWATCH_MAX_UPLOAD_BYTES`` the transfer stops
@@ -78,7 +81,7 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
     file is scored in the background: poll ``GET /recordings/{id}``.
     """
     if (request.headers.get("content-type") or "").split(";")[0].strip() == "application/json":
-        return await _from_json(request, settings, factory, dispatcher)
+        return await _from_json(request, settings, factory, dispatcher, access)
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, detail=f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
@@ -101,8 +104,10 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
         recording, job_id = await run_in_threadpool(
             lambda: register_recording(settings=settings, factory=factory, source=received.filename or "upload",
                                        file=received.path, sha256=received.sha256, size=received.size,
-                                       options=options, move_into_data_dir=True))
+                                       options=options, move_into_data_dir=True,
+                                       audit=access.entry(detail="upload")))
     except RecordingRejected as exc:
+        access.refusal_recorded = True  # in the transaction that kept the failed recording
         raise HTTPException(exc.status, detail=exc.detail) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,7 +133,7 @@ class RecordingSource(RecordingForm):
 
 
 async def _from_json(request: Request, settings: Settings, factory: sessionmaker[Session],
-                     dispatcher: Dispatcher) -> RecordingPublic:
+                     dispatcher: Dispatcher, access: Access) -> RecordingPublic:
     """Server-side import: the file stays in the import directory; nothing outside it is ever opened."""
     body = await request.body()
     if len(body) > 64 * 1024:
@@ -138,7 +143,7 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
     if source.url is not None:
-        return await run_in_threadpool(_start_stream, source, factory, dispatcher)
+        return await run_in_threadpool(_start_stream, source, factory, dispatcher, access)
     assert source.path is not None
     if settings.import_dir is None:
         raise HTTPException(403, detail="server-side import is disabled: set WARDWATCH_IMPORT_DIR")
@@ -152,17 +157,19 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
     def register() -> tuple[RecordingPublic, int]:
         return register_recording(settings=settings, factory=factory, source=source.path, file=path,
                                   sha256=file_sha256(path), size=path.stat().st_size, options=options,
-                                  move_into_data_dir=False)
+                                  move_into_data_dir=False, audit=access.entry(detail="import"))
 
     try:
         recording, job_id = await run_in_threadpool(register)
     except RecordingRejected as exc:
+        access.refusal_recorded = True
         raise HTTPException(exc.status, detail=exc.detail) from exc
     await run_in_threadpool(queue_scoring, dispatcher, factory, recording.id, job_id)
     return recording
 
 
-def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispatcher: Dispatcher) -> RecordingPublic:
+def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispatcher: Dispatcher,
+                  access: Access) -> RecordingPublic:
     assert source.url is not None
     try:
         url = validate_stream_url(source.url)
@@ -177,6 +184,8 @@ def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispa
         job = Job(kind=STREAM_KIND, recording_id=recording.id, params={"url": url})
         session.add(job)
         session.flush()
+        # the URL stays out of the trail: it may carry the camera's credentials
+        record(session=session, entry=access.entry(object_id=recording.id, status_code=201, detail="stream"))
         public, job_id = RecordingPublic.model_validate(recording), job.id
     task_id = dispatcher.stream(public.id, job_id)
     if task_id is not None:
@@ -187,7 +196,7 @@ def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispa
 
 
 @router.post("/{recording_id}/stop", response_model=RecordingPublic)
-def stop_stream(session: SessionDep, recording_id: int) -> Recording:
+def stop_stream(session: SessionDep, _access: WriteRecordings, recording_id: IdPath) -> Recording:
     """Stop a live stream: clips already committed and events found so far are kept."""
     recording = get_recording(session=session, recording_id=recording_id)
     job = session.scalars(select(Job).where(Job.recording_id == recording_id, Job.kind == STREAM_KIND,
@@ -201,8 +210,9 @@ def stop_stream(session: SessionDep, recording_id: int) -> Recording:
 @router.get("", response_model=RecordingsPublic)
 def read_recordings(
     session: SessionDep,
+    _access: ReadEvents,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int | None, Query(description="last id of the previous page")] = None,
+    cursor: CursorQuery = None,
     status: RecordingStatus | None = None,
 ) -> RecordingsPublic:
     """Recordings, newest first, paginated by cursor."""
@@ -213,6 +223,6 @@ def read_recordings(
 
 
 @router.get("/{recording_id}", response_model=RecordingPublic)
-def read_recording(session: SessionDep, recording_id: int) -> Recording:
+def read_recording(session: SessionDep, _access: ReadEvents, recording_id: IdPath) -> Recording:
     """One recording with its status and, if it failed, the reason."""
     return get_recording(session=session, recording_id=recording_id)

@@ -1,0 +1,136 @@
+"""Authorisation for routes: every API route declares a ``Guard(permission)`` (or ``Public``), and
+``create_app`` refuses to start if one does not (``unguarded_routes``).
+
+The guard authenticates the caller (``server.api.authentication``). Cookie-authenticated writes must also carry
+the session's CSRF token in ``X-CSRF-Token``: a cross-site page can make the browser send the cookie but cannot
+read the token. (The cookie is SameSite=Strict as well; the token is the second, independent lock.) Bearer
+requests need no CSRF token, since a browser never adds an Authorization header on its own.
+
+Audit: a guard records allowed patient-data reads and every write in the request's own database session, so
+the entry commits with the action or not at all; refusals are recorded by ``record_refusal`` in a transaction
+of their own (the request's transaction has been rolled back by then).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from starlette.routing import BaseRoute
+
+from server.api.auditing import API_PREFIX, audit_target, request_info
+from server.api.authentication import authenticate
+from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
+from server.db.access_tables import AuditLog, Outcome
+from server.db.session import session_scope
+from server.security.credentials import same
+from server.security.permissions import AUDITED_READS, PERMISSIONS, Permission, is_allowed
+from server.security.principal import Principal
+from server.services.audit import AuditTarget, RequestInfo, audit_entry, record
+
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass
+class Access:
+    """An authorised request: who, doing what, from where. Routes that run their own transactions (uploads)
+    add ``entry()`` to it themselves."""
+
+    principal: Principal
+    target: AuditTarget
+    info: RequestInfo
+    refusal_recorded: bool = False  # set when a route recorded its own refusal in its own transaction
+
+    def entry(self, *, outcome: Outcome = Outcome.allowed, object_id: object | None = None,
+              status_code: int | None = None, detail: str | None = None) -> AuditLog:
+        target = self.target
+        if object_id is not None:
+            target = AuditTarget(target.action, target.object_type, str(object_id), target.detail)
+        return audit_entry(principal=self.principal, target=target, info=self.info, outcome=outcome,
+                           status_code=status_code, detail=detail)
+
+
+class Guard:
+    """A route's access rule: ``access: Annotated[Access, Depends(Guard(Permission.read_events))]``.
+
+    ``permission=None``: any authenticated caller. ``own_transaction``: authenticate in a short transaction
+    of its own and leave the audit entry to the route (for uploads, which must not hold a database
+    transaction open while a large body arrives).
+    """
+
+    def __init__(self, permission: Permission | None, *, own_transaction: bool = False) -> None:
+        self.permission = permission
+        self.own_transaction = own_transaction
+
+    def __call__(self, request: Request, session: SessionDep, factory: SessionFactoryDep,
+                 settings: SettingsDep) -> Access:
+        target = audit_target(request)
+        request.state.audit_target = target
+        if self.own_transaction:
+            with session_scope(factory) as short:
+                principal = authenticate(request, short, settings)
+        else:
+            principal = authenticate(request, session, settings)
+        request.state.principal = principal
+        if principal.via_cookie and request.method in UNSAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER)
+            if not sent or principal.csrf_token is None or not same(sent, principal.csrf_token):
+                raise HTTPException(403, detail=f"missing or wrong {CSRF_HEADER} header "
+                                                "(the session's token, from GET /api/v1/session)")
+        if self.permission is not None and not principal.can(self.permission):
+            raise HTTPException(403, detail=_forbidden(principal, self.permission))
+        access = Access(principal=principal, target=target, info=request_info(request))
+        request.state.access = access
+        audited = request.method in UNSAFE_METHODS or self.permission in AUDITED_READS
+        if audited and not self.own_transaction:
+            record(session=session, entry=access.entry())
+        return access
+
+
+def _forbidden(principal: Principal, permission: Permission) -> str:
+    """Says whether the role or the token's scopes are short, never anything about the record asked for."""
+    if principal.scopes is not None and is_allowed(principal.role, None, permission):
+        needed = " or ".join(sorted(s.value for s in PERMISSIONS[permission].scopes))
+        return f"this token lacks the scope for this (needs {needed})"
+    return f"the {principal.role.value} role may not do this"
+
+
+def public() -> None:
+    """Marks a route as open to everyone (health, readiness, sign-in): the start-up check accepts it."""
+
+
+Public = Depends(public)
+
+
+def _guarded(dependant: object) -> bool:
+    for dep in getattr(dependant, "dependencies", []):
+        if isinstance(dep.call, Guard) or dep.call is public or _guarded(dep):
+            return True
+    return False
+
+
+def api_routes(routes: list[BaseRoute]) -> list[RouteContext]:
+    """Every API route of the app, with its full path (FastAPI nests included routers)."""
+    return [r for r in iter_route_contexts(routes)
+            if isinstance(r.original_route, APIRoute) and (r.path or "").startswith(API_PREFIX)]
+
+
+def unguarded_routes(routes: list[BaseRoute]) -> list[str]:
+    """API routes with neither a Guard nor Public: ``create_app`` refuses to start with any."""
+    return [f"{sorted(r.methods or ())} {r.path}" for r in api_routes(routes) if not _guarded(r.dependant)]
+
+
+# Route signatures name what they need: ``def read_event(access: ReadEvents, ...)``.
+ReadEvents = Annotated[Access, Depends(Guard(Permission.read_events))]
+WriteRecordings = Annotated[Access, Depends(Guard(Permission.write_recordings))]
+WriteRecordingsUpload = Annotated[Access, Depends(Guard(Permission.write_recordings, own_transaction=True))]
+Review = Annotated[Access, Depends(Guard(Permission.review))]
+ReadModels = Annotated[Access, Depends(Guard(Permission.read_models))]
+ReadJobs = Annotated[Access, Depends(Guard(Permission.read_jobs))]
+ManageModels = Annotated[Access, Depends(Guard(Permission.manage_models))]
+ReadAudit = Annotated[Access, Depends(Guard(Permission.read_audit))]
+ManageUsers = Annotated[Access, Depends(Guard(Permission.manage_users))]
+Authenticated = Annotated[Access, Depends(Guard(None))]

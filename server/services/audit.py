@@ -1,0 +1,86 @@
+"""The audit trail: append an entry, list entries with filters and keyset pagination. Nothing here (nor
+anywhere) updates or deletes an entry; the database's triggers refuse it anyway (migration 0003)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.db.access_tables import AuditLog, Outcome
+from server.security.principal import Principal
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """What a request does: the action (the route's name) and the record it touches."""
+
+    action: str
+    object_type: str | None = None
+    object_id: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    request_id: str | None
+    client_address: str | None
+
+
+def audit_entry(*, principal: Principal | None, target: AuditTarget, info: RequestInfo, outcome: Outcome,
+                status_code: int | None = None, username: str | None = None, detail: str | None = None
+                ) -> AuditLog:
+    """A new entry (not yet added to a session). ``username``: who tried, when nobody authenticated."""
+    text = detail if detail is not None else target.detail
+    return AuditLog(
+        user_id=principal.user_id if principal else None,
+        username=(principal.username if principal else username and username[:64]),
+        role=principal.role.value if principal else None,
+        token_id=principal.token_id if principal else None,
+        action=target.action[:64], object_type=target.object_type,
+        object_id=target.object_id[:64] if target.object_id else None,
+        outcome=outcome, status_code=status_code, detail=text[:256] if text else None,
+        client_address=info.client_address, request_id=info.request_id,
+    )
+
+
+def record(*, session: Session, entry: AuditLog) -> AuditLog:
+    """Add ``entry`` to the caller's transaction: it commits (or rolls back) with the action it records."""
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    username: str | None = None
+    user_id: int | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    action: str | None = None
+    outcome: Outcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def list_audit(*, session: Session, filters: AuditFilter, limit: int, cursor: int | None = None,
+               with_count: bool = False) -> tuple[Sequence[AuditLog], int | None]:
+    """Newest first; ``cursor`` is the last id of the previous page. The total is counted only on request
+    (the trail grows without bound, and counting it all costs a full scan)."""
+    query = select(AuditLog)
+    for column, value in ((AuditLog.username, filters.username), (AuditLog.user_id, filters.user_id),
+                          (AuditLog.object_type, filters.object_type), (AuditLog.object_id, filters.object_id),
+                          (AuditLog.action, filters.action), (AuditLog.outcome, filters.outcome)):
+        if value is not None:
+            query = query.where(column == value)
+    if filters.since is not None:
+        query = query.where(AuditLog.at >= filters.since)
+    if filters.until is not None:
+        query = query.where(AuditLog.at < filters.until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) if with_count else None
+    if cursor is not None:
+        query = query.where(AuditLog.id < cursor)
+    return session.scalars(query.order_by(AuditLog.id.desc()).limit(limit)).all(), total
