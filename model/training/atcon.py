@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from model.attribution.base import resolve_layer
 from model.attribution.consistency import FINE_METHODS, RESOLUTION_MATCHES, ATCONConfig, consistency, top_class
-from model.training.batchnorm_folding import ConvBN, conv_bn_pairs, folded_batchnorm, randomise_batchnorms
+from model.training.batchnorm_folding import (
+    ConvBN,
+    conv_bn_pairs,
+    folded_batchnorm,
+    frozen_scale_shift,
+    randomise_batchnorms,
+)
 
 __all__ = [
     "FINE_METHODS",
@@ -133,14 +139,8 @@ def frozen_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
 
 def _frozen_batchnorm(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
     """The eval-mode BatchNorm as an explicit affine map of its input (see unsupervised_mode)."""
-    bn: nn.modules.batchnorm._BatchNorm = module  # type: ignore[assignment]
     x = args[0]
-    assert bn.running_var is not None and bn.running_mean is not None
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale = scale * bn.weight
-        shift = shift * bn.weight + bn.bias
+    scale, shift = frozen_scale_shift(module)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     return x * scale.view(shape) + shift.view(shape)
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm", "randomise_batchnorms"]
+__all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm", "frozen_scale_shift", "randomise_batchnorms"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def conv_bn_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
     return [(c, b) for c, b in pairs if convs.count(c) == 1 and norms.count(b) == 1]
 
 
-def _scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+def frozen_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(s, t)`` of a frozen BatchNorm ``y = x * s + t`` per channel (differentiable in its weight and bias)."""
     assert bn.running_var is not None and bn.running_mean is not None
     scale = torch.rsqrt(bn.running_var + bn.eps)
     shift = -bn.running_mean * scale
@@ -76,7 +77,7 @@ def _scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
 
 def _folded_forward(conv: nn.Module, bn: nn.Module):  # noqa: ANN202 - a bound forward
     def forward(self: nn.Module, x: Tensor) -> Tensor:
-        scale, shift = _scale_shift(bn)
+        scale, shift = frozen_scale_shift(bn)
         weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
         bias = shift if conv.bias is None else conv.bias * scale + shift
         return conv._conv_forward(x, weight, bias)
