@@ -12,8 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-ROLES = ("clinician", "admin", "auditor")
-SCOPES = ("read:events", "write:recordings", "review", "admin", "audit")
+CLI_ACTOR = "system:cli"  # the audit trail's username for what an operator does from a shell on the server
 
 
 @contextmanager
@@ -38,6 +37,24 @@ def _database() -> Iterator[object]:
         engine.dispose()
 
 
+def _audit(session: object, action: str, object_type: str, object_id: object, detail: str | None = None) -> None:
+    """Record a CLI write in the same transaction as the write, as ``system:cli`` (no user signed in)."""
+    import getpass
+
+    from server.db.access_tables import Outcome
+    from server.services.audit import AuditTarget, RequestInfo, audit_entry, record
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    target = AuditTarget(action=action, object_type=object_type, object_id=str(object_id))
+    entry = audit_entry(principal=None, target=target, info=RequestInfo(request_id=None, client_address=None),
+                        outcome=Outcome.allowed, username=CLI_ACTOR,
+                        detail=" ".join(filter(None, [detail, f"os_user={who}"])))
+    record(session=session, entry=entry)  # type: ignore[arg-type]
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -52,6 +69,7 @@ def _users_create(args: argparse.Namespace) -> int:
         with _database() as session:
             user = create_user(session=session, username=args.username, password=args.password,  # type: ignore[arg-type]
                                role=args.role)
+            _audit(session, "cli_users_create", "user", user.id, f"username={user.username} role={user.role.value}")
             print(f"created {user.role.value} {user.username!r} (id {user.id})")
     except (ConflictError, WeakPasswordError, ValueError) as exc:
         return _fail(str(exc))
@@ -73,14 +91,15 @@ def _users_list(_args: argparse.Namespace) -> int:
 
 
 def _users_disable(args: argparse.Namespace) -> int:
-    from server.services.errors import NotFoundError
+    from server.services.errors import ConflictError, NotFoundError
     from server.services.users import disable_user
 
     try:
         with _database() as session:
             user = disable_user(session=session, username=args.username)  # type: ignore[arg-type]
+            _audit(session, "cli_users_disable", "user", user.id, f"username={user.username}")
             print(f"disabled {user.username!r}: its sessions and tokens stop working now")
-    except NotFoundError as exc:
+    except (NotFoundError, ConflictError) as exc:
         return _fail(str(exc))
     return 0
 
@@ -97,6 +116,8 @@ def _tokens_create(args: argparse.Namespace) -> int:
         with _database() as session:
             token, secret = create_token(session=session, username=args.user, scopes=args.scopes,  # type: ignore[arg-type]
                                          expires_days=days or None, name=args.name)
+            _audit(session, "cli_tokens_create", "api_token", token.id,
+                   f"username={token.user.username} scopes={' '.join(token.scopes)}")
             expiry = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "never expires"
             print(f"token {token.id} for {args.user!r}, scopes {' '.join(token.scopes)}, {expiry}")
             print("shown once, store it now:")
@@ -113,6 +134,7 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
     try:
         with _database() as session:
             token = revoke_token(session=session, token_id=args.id)  # type: ignore[arg-type]
+            _audit(session, "cli_tokens_revoke", "api_token", token.id)
             print(f"revoked token {token.id}")
     except NotFoundError as exc:
         return _fail(str(exc))
@@ -140,6 +162,11 @@ def _sub(parent: argparse.ArgumentParser, dest: str) -> argparse._SubParsersActi
 
 def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``users`` and ``tokens`` on the ``wardwatch`` parser."""
+    from server.db.access_tables import Role
+    from server.security.permissions import Scope
+
+    roles, scopes = [r.value for r in Role], [s.value for s in Scope]
+
     def command(group: argparse._SubParsersAction, name: str, helptext: str,  # type: ignore[type-arg]
                 func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         parser = group.add_parser(name, help=helptext)
@@ -150,7 +177,7 @@ def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p = command(users, "create", "create a user", _users_create)
     p.add_argument("--username", required=True)
     p.add_argument("--password", required=True, help="at least 12 characters")
-    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--role", required=True, choices=roles)
     command(users, "list", "list users", _users_list)
     p = command(users, "disable", "disable a user (sessions and tokens stop working)", _users_disable)
     p.add_argument("username")
@@ -158,7 +185,7 @@ def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     tokens = _sub(sub.add_parser("tokens", help="API tokens for hospital systems"), "tokens_command")
     p = command(tokens, "create", "create a token (printed once, on the last line)", _tokens_create)
     p.add_argument("--user", required=True)
-    p.add_argument("--scopes", required=True, nargs="+", choices=SCOPES)
+    p.add_argument("--scopes", required=True, nargs="+", choices=scopes)
     p.add_argument("--expires-days", type=int, default=None,
                    help="default WARDWATCH_TOKEN_DEFAULT_EXPIRY_DAYS (90); 0 = never")
     p.add_argument("--name", default=None, help="what the token is for, e.g. the system that uses it")

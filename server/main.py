@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Explainable video event detection for clinical review.",
         lifespan=lifespan,
+        # The schema lists every route and parameter to anyone who asks: served in development only.
+        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.production else {}),
     )
     app.state.settings = settings
     app.state.session_factory = factory

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, Role
 from server.security.permissions import Scope
@@ -120,18 +121,50 @@ class ModelVersionPublic(_FromRow):
     created_at: datetime
 
 
+def redact_url_secrets(url: str) -> str:
+    """``url`` without what may be a secret: the user-info (``user:password@``) and the query string (signed
+    URLs, ``?token=``) become ``***``; the scheme, host, port and path stay, so an admin can tell streams apart."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = f"[{host}]" if ":" in host else host
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str) and "://" in value:
+        return redact_url_secrets(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
+
+
 class JobPublic(_FromRow):
     id: int
     kind: str
     status: JobStatus
     progress: float
-    params: dict
+    params: dict = Field(description="the job's parameters; URLs without credentials or query strings")
     result: dict | None
     error: str | None
     recording_id: int | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @field_validator("params", mode="after")
+    @classmethod
+    def _no_url_secrets(cls, params: dict) -> dict:
+        """The job row keeps the full stream URL (the worker opens it); nobody reads it back over the API."""
+        return _redacted(params)
 
 
 class Health(BaseModel):

@@ -44,8 +44,12 @@ class Settings(BaseSettings):
 
     session_idle_minutes: float = Field(default=30, gt=0, description="a browser session ends after this idle time")
     session_absolute_hours: float = Field(default=12, gt=0, description="and after this long, whatever the activity")
-    login_max_failures: int = Field(default=5, ge=1, description="failed sign-ins per username / address ...")
+    login_max_failures: int = Field(default=5, ge=1, description="failed sign-ins per username ...")
+    login_max_failures_per_address: int = Field(
+        default=50, ge=1, description="... and per client address (a hospital NAT shares one: keep it higher) ...")
     login_window_seconds: int = Field(default=900, ge=1, description="... within this window before 429")
+    cookie_secure: bool | None = Field(
+        default=None, description="the session cookie's Secure flag; None: always in production, else over https")
     token_default_expiry_days: int | None = Field(default=90, ge=1, description="API tokens; None: no expiry")
 
     max_upload_bytes: int = 4 * 1024**3

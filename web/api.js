@@ -1,7 +1,9 @@
 // Thin client for the Wardwatch REST API. Errors carry the server's {"detail": ...} message.
 // Requests ride on the session cookie; writes add the session's CSRF token. A 401 (the session ended) shows
-// the sign-in form and the request is sent again once the user has signed in.
-import { csrfToken, signIn } from "./session.js";
+// the sign-in form and the request is sent again once the user has signed in, but only if the same user
+// signed in again: a request (a review, an activation) is never resent on behalf of somebody else, and
+// nothing the previous user saw stays on the page, so a different user gets a fresh page (a reload).
+import { csrfToken, currentUser, signIn } from "./session.js";
 
 const BASE = "/api/v1";
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -18,7 +20,12 @@ async function request(path, { headers, ...options } = {}, retried = false) {
     },
   });
   if (response.status === 401 && !retried) {
-    await signIn("Your session has ended. Sign in again to continue.");
+    const before = currentUser()?.id ?? null;
+    const now = await signIn("Your session has ended. Sign in again to continue.");
+    if (before !== null && now?.user?.id !== before) {
+      window.location.reload();
+      return new Promise(() => {});  // never settles: the page is going away, nothing may act on it
+    }
     return request(path, { headers, ...options }, true);
   }
   if (!response.ok) {

@@ -2,7 +2,9 @@
 
 Replaces the single WARDWATCH_ADMIN_TOKEN (retired) with users, roles and scoped tokens. The audit log is made
 append-only by the database itself: a trigger refuses UPDATE and DELETE on SQLite and on PostgreSQL (there also
-TRUNCATE), so not even a bug in the application (or a leaked application credential) can rewrite history.
+TRUNCATE; on SQLite also an INSERT of an existing id, since INSERT OR REPLACE deletes without firing DELETE
+triggers), so not even a bug in the application (or a leaked application credential) can rewrite history.
+audit_log and login_attempt grow with every request: their ids are BIGINT on PostgreSQL.
 
 Revision ID: 0003
 Revises: 0002
@@ -36,7 +38,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('username', name=op.f('uq_app_user_username'))
     )
     op.create_table('audit_log',
-    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('at', server.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('username', sa.String(length=64), nullable=True),
@@ -58,7 +60,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_log_username', ['username'], unique=False)
 
     op.create_table('login_attempt',
-    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('username', sa.String(length=64), nullable=False),
     sa.Column('client_address', sa.String(length=64), nullable=False),
     sa.Column('succeeded', sa.Boolean(), nullable=False),
@@ -72,6 +74,7 @@ def upgrade() -> None:
     op.create_table('api_token',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('created_by_user_id', sa.Integer(), nullable=True),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=128), nullable=True),
     sa.Column('scopes', sa.JSON(), nullable=False),
@@ -79,6 +82,7 @@ def upgrade() -> None:
     sa.Column('expires_at', server.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('revoked_at', server.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_used_at', server.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['created_by_user_id'], ['app_user.id'], name=op.f('fk_api_token_created_by_user_id_app_user'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], name=op.f('fk_api_token_user_id_app_user'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_token')),
     sa.UniqueConstraint('token_hash', name=op.f('uq_api_token_token_hash'))
@@ -124,6 +128,11 @@ def _create_append_only_triggers() -> None:
         for verb in ("UPDATE", "DELETE"):
             op.execute(f"CREATE TRIGGER audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
                        f"BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: {verb} refused'); END")
+        # INSERT OR REPLACE (and REPLACE INTO, and an upsert's conflict resolution) deletes the old row
+        # without firing DELETE triggers: refuse any insert of an id that exists before it gets that far.
+        op.execute("CREATE TRIGGER audit_log_no_replace BEFORE INSERT ON audit_log "
+                   "WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM audit_log WHERE id = NEW.id) "
+                   "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: REPLACE refused'); END")
 
 
 def _drop_append_only_triggers() -> None:
@@ -132,6 +141,7 @@ def _drop_append_only_triggers() -> None:
         op.execute("DROP TRIGGER IF EXISTS audit_log_no_update_delete ON audit_log")
         op.execute("DROP FUNCTION IF EXISTS audit_log_append_only()")
     else:
+        op.execute("DROP TRIGGER IF EXISTS audit_log_no_replace")
         op.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
         op.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
 

@@ -127,15 +127,17 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f"{_signed(q.get('diff'))} [{_signed(q.get('seeds_low'))}, {_signed(q.get('seeds_high'))}]",
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    split = "validation" if results.get("evaluated_on") == "validation" else "test"
     note = (
-        f"\n{cfg['arch']} on `{cfg['data']}`; baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
+        f"\nScored on the **{split}** split. {cfg['arch']} on `{cfg['data']}`; "
+        f"baseline {cfg['epochs']} epochs at lr {cfg['lr']:g}, ATCON "
         f"{cfg['mode']} {cfg['finetune_epochs']} epochs at lr {cfg['finetune_lr']:g}, alpha {cfg['alpha']:g}"
         + (f", lambda {cfg['atcon_weight']:g}" if cfg["mode"] == "combined" else "")
         + _non_default_options(cfg)
         + f". Values are points (x100), mean ± std over seeds. 95% CIs of the paired difference "
-        f"({cfg['bootstrap']} bootstrap resamples): 'seeds × videos' (the headline) resamples the test videos "
+        f"({cfg['bootstrap']} bootstrap resamples): 'seeds × videos' (the headline) resamples the {split} videos "
         "(recordings; single items when the data has none) and, independently, the training seeds, because "
-        "clips of one video are not independent evidence; 'items' resamples the test clips with the seeds "
+        f"clips of one video are not independent evidence; 'items' resamples the {split} clips with the seeds "
         "fixed; 'seeds × items' resamples the seeds and the clips, so one lucky seed cannot carry it "
         "(mIoU and pointing columns show the seeds × items interval).\n"
     )

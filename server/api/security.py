@@ -6,18 +6,22 @@ the session's CSRF token in ``X-CSRF-Token``: a cross-site page can make the bro
 read the token. (The cookie is SameSite=Strict as well; the token is the second, independent lock.) Bearer
 requests need no CSRF token, since a browser never adds an Authorization header on its own.
 
-Audit: a guard records allowed patient-data reads and every write in the request's own database session, so
-the entry commits with the action or not at all; refusals are recorded by ``record_refusal`` in a transaction
-of their own (the request's transaction has been rolled back by then).
+Audit: a guard records allowed audited reads (``AUDITED_READS``) and every write in the request's own database
+session, after the route returned and before that session commits, so the entry commits with the action or not
+at all and can name what the route made (``Access.note``) and the status code it answered; refusals are
+recorded by ``record_refusal`` in a transaction of their own (the request's transaction has been rolled back by
+then).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute
 
 from server.api.auditing import API_PREFIX, audit_target, request_info
@@ -37,24 +41,49 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 @dataclass
 class Access:
     """An authorised request: who, doing what, from where. Routes that run their own transactions (uploads)
-    add ``entry()`` to it themselves."""
+    add ``entry()`` to it themselves; the others may ``note()`` what the entry should say (the record made,
+    a decision) before the guard writes it, after the route returned."""
 
     principal: Principal
     target: AuditTarget
     info: RequestInfo
     refusal_recorded: bool = False  # set when a route recorded its own refusal in its own transaction
+    recorded: bool = False          # the allowed entry is written (by the guard, or early by ``record_now``)
+    object_id: object | None = None
+    detail: str | None = None
 
     def entry(self, *, outcome: Outcome = Outcome.allowed, object_id: object | None = None,
               status_code: int | None = None, detail: str | None = None) -> AuditLog:
         target = self.target
+        object_id = object_id if object_id is not None else self.object_id
         if object_id is not None:
             target = AuditTarget(target.action, target.object_type, str(object_id), target.detail)
         return audit_entry(principal=self.principal, target=target, info=self.info, outcome=outcome,
-                           status_code=status_code, detail=detail)
+                           status_code=status_code, detail=detail if detail is not None else self.detail)
+
+    def note(self, *, object_id: object | None = None, detail: str | None = None) -> None:
+        """What the allowed entry should name: the record the route made, what it decided (never free text
+        a user typed, nor a secret)."""
+        if object_id is not None:
+            self.object_id = object_id
+        if detail is not None:
+            self.detail = detail
+
+    def record_now(self, session: Session, status_code: int) -> None:
+        """Write the allowed entry now, for a route that commits before it returns (so the entry is in the
+        same transaction as the change)."""
+        if not self.recorded:
+            record(session=session, entry=self.entry(status_code=status_code))
+            self.recorded = True
+
+
+def _declared_status(request: Request) -> int:
+    route = request.scope.get("route")
+    return getattr(route, "status_code", None) or 200
 
 
 class Guard:
-    """A route's access rule: ``access: Annotated[Access, Depends(Guard(Permission.read_events))]``.
+    """A route's access rule: ``access: Annotated[Access, Depends(Guard(Permission.read_events), scope="function")]``.
 
     ``permission=None``: any authenticated caller. ``own_transaction``: authenticate in a short transaction
     of its own and leave the audit entry to the route (for uploads, which must not hold a database
@@ -66,7 +95,7 @@ class Guard:
         self.own_transaction = own_transaction
 
     def __call__(self, request: Request, session: SessionDep, factory: SessionFactoryDep,
-                 settings: SettingsDep) -> Access:
+                 settings: SettingsDep) -> Iterator[Access]:
         target = audit_target(request)
         request.state.audit_target = target
         if self.own_transaction:
@@ -85,9 +114,11 @@ class Guard:
         access = Access(principal=principal, target=target, info=request_info(request))
         request.state.access = access
         audited = request.method in UNSAFE_METHODS or self.permission in AUDITED_READS
-        if audited and not self.own_transaction:
-            record(session=session, entry=access.entry())
-        return access
+        yield access
+        # Only reached when the route returned (an exception is audited as a refusal instead), and before the
+        # request's session commits (scope="function"): the entry commits with the action or not at all.
+        if audited and not self.own_transaction and not access.recorded:
+            access.record_now(session, _declared_status(request))
 
 
 def _forbidden(principal: Principal, permission: Permission) -> str:
@@ -124,13 +155,14 @@ def unguarded_routes(routes: list[BaseRoute]) -> list[str]:
 
 
 # Route signatures name what they need: ``def read_event(access: ReadEvents, ...)``.
-ReadEvents = Annotated[Access, Depends(Guard(Permission.read_events))]
-WriteRecordings = Annotated[Access, Depends(Guard(Permission.write_recordings))]
-WriteRecordingsUpload = Annotated[Access, Depends(Guard(Permission.write_recordings, own_transaction=True))]
-Review = Annotated[Access, Depends(Guard(Permission.review))]
-ReadModels = Annotated[Access, Depends(Guard(Permission.read_models))]
-ReadJobs = Annotated[Access, Depends(Guard(Permission.read_jobs))]
-ManageModels = Annotated[Access, Depends(Guard(Permission.manage_models))]
-ReadAudit = Annotated[Access, Depends(Guard(Permission.read_audit))]
-ManageUsers = Annotated[Access, Depends(Guard(Permission.manage_users))]
-Authenticated = Annotated[Access, Depends(Guard(None))]
+ReadEvents = Annotated[Access, Depends(Guard(Permission.read_events), scope="function")]
+WriteRecordings = Annotated[Access, Depends(Guard(Permission.write_recordings), scope="function")]
+WriteRecordingsUpload = Annotated[Access, Depends(Guard(Permission.write_recordings, own_transaction=True),
+                                                     scope="function")]
+Review = Annotated[Access, Depends(Guard(Permission.review), scope="function")]
+ReadModels = Annotated[Access, Depends(Guard(Permission.read_models), scope="function")]
+ReadJobs = Annotated[Access, Depends(Guard(Permission.read_jobs), scope="function")]
+ManageModels = Annotated[Access, Depends(Guard(Permission.manage_models), scope="function")]
+ReadAudit = Annotated[Access, Depends(Guard(Permission.read_audit), scope="function")]
+ManageUsers = Annotated[Access, Depends(Guard(Permission.manage_users), scope="function")]
+Authenticated = Annotated[Access, Depends(Guard(None), scope="function")]

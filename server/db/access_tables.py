@@ -2,7 +2,7 @@
 and the append-only audit log (issue 10).
 
 Secrets are never stored: passwords as argon2 hashes, session ids and API tokens as sha256 digests (both are
-high-entropy random strings, see ``server.security.tokens``). The audit log has no foreign keys on purpose:
+high-entropy random strings, see ``server.security.credentials``). The audit log has no foreign keys on purpose:
 it records who someone *was* at the time (username, role), and nothing that happens to other tables may
 change or block it. Database triggers (migration 0003) refuse UPDATE and DELETE on it.
 """
@@ -13,7 +13,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, utcnow
@@ -28,6 +28,11 @@ class Role(enum.StrEnum):
 class Outcome(enum.StrEnum):
     allowed = "allowed"
     refused = "refused"
+
+
+# Tables that grow with every request (or every sign-in try) get 64-bit ids on PostgreSQL; SQLite's INTEGER
+# PRIMARY KEY is 64-bit already (and a BIGINT one would not be its rowid alias, so it would not autoincrement).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -72,6 +77,8 @@ class ApiToken(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    created_by_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("app_user.id", ondelete="SET NULL"), doc="the admin who made it over REST; None: the CLI")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str | None] = mapped_column(String(128))
     scopes: Mapped[list[Any]]
@@ -80,7 +87,7 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
 
-    user: Mapped[User] = relationship()
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
 class LoginAttempt(Base):
@@ -92,7 +99,7 @@ class LoginAttempt(Base):
         Index("ix_login_attempt_client_address_at", "client_address", "at"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
     client_address: Mapped[str] = mapped_column(String(64))
     succeeded: Mapped[bool] = mapped_column(Boolean)
@@ -109,7 +116,7 @@ class AuditLog(Base):
         Index("ix_audit_log_at", "at"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     user_id: Mapped[int | None]
     username: Mapped[str | None] = mapped_column(String(64))

@@ -62,9 +62,11 @@ PERMISSIONS: dict[Permission, Grant] = {
     Permission.manage_users: _grant({A}, {Scope.admin}),
 }
 
-# Permissions whose *allowed* uses are written to the audit trail (patient data, the trail itself); every
-# write, and every refusal of any guarded route, is recorded whatever the permission.
-AUDITED_READS = frozenset({Permission.read_events, Permission.read_audit})
+# Permissions whose *allowed* reads are written to the audit trail: patient data, the trail itself, jobs (their
+# parameters name stream sources) and accounts / tokens. Every write, and every refusal of any guarded route,
+# is recorded whatever the permission.
+AUDITED_READS = frozenset({Permission.read_events, Permission.read_audit, Permission.read_jobs,
+                           Permission.manage_users})
 
 
 def is_allowed(role: Role, scopes: frozenset[Scope] | None, permission: Permission) -> bool:

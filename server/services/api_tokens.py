@@ -16,12 +16,20 @@ from server.services.errors import NotFoundError
 from server.services.users import get_user, may_act
 
 
+class ReviewTokenRefused(PermissionError):
+    """Nobody may mint a ``review`` token for someone else over the API: a review is signed by its clinician."""
+
+
 def create_token(*, session: Session, username: str, scopes: Iterable[str], expires_days: int | None,
-                 name: str | None = None) -> tuple[ApiToken, str]:
+                 name: str | None = None, created_by: User | None = None) -> tuple[ApiToken, str]:
     """A new token for ``username``; returns (row, the token itself). Only the digest is stored.
 
     Scopes the user's role could never use are refused here (ValueError), so a token's scopes say what it
     really can do; the role is checked again on every request in case it changes.
+
+    ``created_by``: the admin asking over REST (None: the CLI, run by an operator on the server). An admin
+    may not give anyone else a ``review`` token (ReviewTokenRefused): with it they could review as that
+    clinician. The CLI may, and its audit entry says so.
     """
     user = get_user(session=session, username=username)
     if user is None:
@@ -31,13 +39,17 @@ def create_token(*, session: Session, username: str, scopes: Iterable[str], expi
     wanted = {Scope(s) for s in scopes}
     if not wanted:
         raise ValueError("a token needs at least one scope")
+    if created_by is not None and created_by.id != user.id and Scope.review in wanted:
+        raise ReviewTokenRefused(f"a token with the review scope acts as {user.username!r} in their reviews: "
+                                 "only they (or an operator with `wardwatch tokens create` on the server) "
+                                 "may create one")
     beyond = wanted - usable_scopes(user.role)
     if beyond:
         raise ValueError(f"a {user.role.value} cannot use scope(s) {', '.join(sorted(beyond))}")
     secret = new_api_token()
     expires_at = utcnow() + timedelta(days=expires_days) if expires_days else None
     token = ApiToken(user_id=user.id, token_hash=digest(secret), scopes=sorted(s.value for s in wanted),
-                     expires_at=expires_at, name=name)
+                     expires_at=expires_at, name=name, created_by_user_id=created_by.id if created_by else None)
     session.add(token)
     session.flush()
     return token, secret

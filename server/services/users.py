@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.db.access_tables import Role, User
@@ -55,10 +55,16 @@ def list_users(*, session: Session) -> Sequence[User]:
 
 
 def disable_user(*, session: Session, username: str) -> User:
-    """Disabled users can neither sign in nor use their sessions or tokens (checked on every request)."""
+    """Disabled users can neither sign in nor use their sessions or tokens (checked on every request).
+    ConflictError for the last active admin: nobody could manage users over the API any more."""
     user = get_user(session=session, username=username)
     if user is None:
         raise NotFoundError("user", username)
+    if user.active and user.role == Role.admin:
+        others = session.scalar(select(func.count()).select_from(User).where(
+            User.role == Role.admin, User.active.is_(True), User.id != user.id)) or 0
+        if others == 0:
+            raise ConflictError(f"{user.username!r} is the last active admin: create another admin first")
     user.active = False
     user.disabled_at = user.disabled_at or utcnow()
     session.flush()

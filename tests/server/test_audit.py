@@ -77,22 +77,46 @@ def test_every_response_has_a_request_id(app) -> None:  # type: ignore[no-untype
 
 
 def test_the_entry_commits_with_its_action_or_not_at_all(app) -> None:  # type: ignore[no-untyped-def]
+    """Only the audit insert fails (the review's own writes would succeed): the review must not be stored and
+    the answer must be an error, never a 200 for an unaudited change."""
     rows = seed(app)
     clinician = bearer(app, "clinician")
     failing = TestClient(app, raise_server_exceptions=False)
 
-    def broken_commit(_session: object) -> None:
-        raise RuntimeError("database went away")
+    def broken_audit(_mapper: object, _connection: object, entry: AuditLog) -> None:
+        if entry.action == "post_review":
+            raise RuntimeError("audit table went away")
 
-    event.listen(app.state.session_factory, "before_commit", broken_commit)
+    event.listen(AuditLog, "before_insert", broken_audit)
     try:
         answer = failing.post(f"/api/v1/events/{rows.event_id}/review", json={"decision": "rejected"},
                               headers=clinician)
     finally:
-        event.remove(app.state.session_factory, "before_commit", broken_commit)
-    assert answer.status_code == 500
-    assert TestClient(app).get(f"/api/v1/events/{rows.event_id}", headers=clinician).json()["status"] == "flagged"
+        event.remove(AuditLog, "before_insert", broken_audit)
+    assert answer.status_code >= 500
+    event_now = TestClient(app).get(f"/api/v1/events/{rows.event_id}", headers=clinician).json()
+    assert event_now["status"] == "flagged" and event_now["reviewer"] is None
     assert not [e for e in _entries(app, action="post_review")]  # neither the review nor its entry
+
+
+def test_allowed_reads_of_jobs_users_and_tokens_are_recorded_with_status(app) -> None:  # type: ignore[no-untyped-def]
+    rows = seed(app)
+    admin = bearer(app, "admin")
+    client = TestClient(app)
+    answers = [client.get(path, headers=admin) for path in
+               ("/api/v1/jobs", f"/api/v1/jobs/{rows.job_id}", "/api/v1/users", "/api/v1/tokens")]
+    assert [a.status_code for a in answers] == [200] * 4
+    entries = {e["request_id"]: e for e in _entries(app)}
+    recorded = [entries[a.headers["x-request-id"]] for a in answers]
+    assert [e["action"] for e in recorded] == ["read_jobs", "read_job", "read_users", "read_tokens"]
+    assert recorded[1]["object_type"] == "job" and recorded[1]["object_id"] == str(rows.job_id)
+    assert {(e["outcome"], e["status_code"]) for e in recorded} == {("allowed", 200)}
+    review = client.post(f"/api/v1/events/{rows.event_id}/review", headers=bearer(app, "clinician"),
+                         json={"decision": "relabelled", "label": "bed_exit", "note": "Mrs Smith, bed 4"})
+    assert review.status_code == 200
+    (entry,) = _entries(app, action="post_review")
+    assert entry["detail"] == "decision=relabelled label=bed_exit" and entry["status_code"] == 200
+    assert "Smith" not in str(entry)  # the free-text note stays out of the trail
 
 
 def test_a_rejected_upload_is_recorded_once_with_its_reason(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -161,3 +185,41 @@ def test_filters_and_keyset_pages(app) -> None:  # type: ignore[no-untyped-def]
     for hostile in ("' OR 1=1 --", "event; DROP TABLE audit_log"):
         assert client.get("/api/v1/audit", params={"object_type": hostile}, headers=auditor).json()["data"] == []
     assert client.get("/api/v1/audit", params={"limit": 2000}, headers=auditor).status_code == 422
+
+
+def test_insert_or_replace_cannot_overwrite_an_entry(app, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's REPLACE deletes the old row without firing DELETE triggers; PostgreSQL's upsert updates it."""
+    TestClient(app).get("/api/v1/events")  # one refused (401) entry
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            first_id, before = conn.execute(select(AuditLog.id, AuditLog.outcome).order_by(AuditLog.id)).first()
+        if engine.dialect.name == "sqlite":
+            statement = ("INSERT OR REPLACE INTO audit_log (id, at, action, outcome) "
+                         "VALUES (:id, '2020-01-01 00:00:00', 'forged', 'allowed')")
+        else:
+            statement = ("INSERT INTO audit_log (id, at, action, outcome) VALUES (:id, now(), 'forged', 'allowed') "
+                         "ON CONFLICT (id) DO UPDATE SET action = 'forged', outcome = 'allowed'")
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement), {"id": first_id})
+        with engine.connect() as conn:
+            row = conn.execute(select(AuditLog.action, AuditLog.outcome).where(AuditLog.id == first_id)).one()
+            assert row.outcome == before == "refused" and row.action != "forged"
+    finally:
+        engine.dispose()
+
+
+def test_ids_are_64_bit(app, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The trail and the sign-in tries grow with every request: past 2**31 rows a 32-bit id would overflow."""
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            big = 2**40
+            conn.execute(text("INSERT INTO audit_log (id, at, action, outcome) VALUES (:id, :at, 'big', 'allowed')"),
+                         {"id": big, "at": utcnow()})
+            conn.execute(text("INSERT INTO login_attempt (id, username, client_address, succeeded, at) "
+                              "VALUES (:id, 'u', 'a', false, :at)"), {"id": big, "at": utcnow()})
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.max(AuditLog.id))) == big
+    finally:
+        engine.dispose()

@@ -162,6 +162,19 @@ def test_users_and_tokens_commands(db_url: str, tmp_path: Path, capsys, monkeypa
             assert client.get("/api/v1/events", headers=second).status_code == 401
             assert main(["users", "disable", "nobody"]) == 2
             assert main(["tokens", "create", "--user", "nurse.jo", "--scopes", "read:events"]) == 2
+
+        from sqlalchemy import select
+
+        from server.db.access_tables import AuditLog
+        from server.db.session import session_scope
+        with session_scope(app.state.session_factory) as session:
+            trail = session.scalars(select(AuditLog).where(AuditLog.username == "system:cli")
+                                    .order_by(AuditLog.id)).all()
+            assert [e.action for e in trail] == ["cli_users_create", "cli_tokens_create", "cli_tokens_revoke",
+                                                 "cli_tokens_create", "cli_users_disable"]
+            assert trail[1].object_type == "api_token" and trail[1].object_id == str(token_id)
+            assert "username=nurse.jo" in (trail[1].detail or "") and "review" in (trail[1].detail or "")
+            assert all(e.outcome == "allowed" and e.user_id is None for e in trail)
     finally:
         get_settings.cache_clear()
 

@@ -4,6 +4,7 @@ idle and absolute expiry, brute-force throttling per username and per address, d
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,7 +27,7 @@ LOGIN = "/api/v1/session"
 @pytest.fixture
 def app(db_url: str, tmp_path: Path) -> Iterator[object]:
     application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
+                                      device="cpu", login_max_failures_per_address=8))
     with TestClient(application):
         ensure_user(application, "clinician")
         yield application
@@ -50,6 +51,54 @@ def test_cookie_flags_and_what_the_answer_holds(app) -> None:  # type: ignore[no
 
     https = _login(TestClient(app, base_url="https://testserver"))
     assert "Secure" in https.headers["set-cookie"]
+
+
+def test_cookie_secure_setting(db_url: str, tmp_path: Path) -> None:
+    """Behind a TLS-terminating proxy the request looks like http: production sets Secure anyway, and
+    ``cookie_secure`` decides when it is set."""
+    for index, (extra, secure) in enumerate(((dict(environment="production"), True),
+                                             (dict(cookie_secure=True), True),
+                                             (dict(environment="production", cookie_secure=False), False))):
+        application = create_app(Settings(data_dir=tmp_path / f"d{index}", database_url=db_url, broker_url=None,
+                                          device="cpu", **extra))
+        with TestClient(application) as client:
+            ensure_user(application, "clinician", username=f"cookie-{index}")
+            answer = _login(client, username=f"cookie-{index}")
+            assert answer.status_code == 200 and ("Secure" in answer.headers["set-cookie"]) is secure
+
+
+def test_a_hospital_nat_is_not_locked_out_by_one_user(app) -> None:  # type: ignore[no-untyped-def]
+    """One clinician mistyping five times locks that username, not everybody behind the same address."""
+    ward = TestClient(app, client=("10.0.0.1", 40000))
+    for _ in range(5):
+        assert _login(ward, password="wrong password!").status_code == 401
+    assert _login(ward).status_code == 429
+    ensure_user(app, "auditor")
+    assert _login(ward, username="test-auditor").status_code == 200
+
+
+def test_parallel_wrong_passwords_get_at_most_the_limit_of_checks(db_url: str, tmp_path: Path) -> None:
+    """The try is committed before the limit is checked: 12 guesses at once cannot all slip under 5."""
+    import httpx
+
+    from tests.conftest import running_server
+
+    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
+                                      device="cpu"))
+    with running_server(application) as base:
+        ensure_user(application, "clinician")
+
+        def guess(index: int) -> int:
+            return httpx.post(f"{base}{LOGIN}", json={"username": "test-clinician", "password": f"guess {index}!"},
+                              timeout=60).status_code
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            codes = list(pool.map(guess, range(12)))
+        assert set(codes) <= {401, 429} and codes.count(401) <= 5, codes
+        assert codes.count(429) >= 7
+        with session_scope(application.state.session_factory) as session:
+            failures = session.scalars(select(LoginAttempt).where(LoginAttempt.succeeded.is_(False))).all()
+            assert len(failures) == codes.count(401)  # throttled tries are taken back, checked ones stay
 
 
 def test_a_new_session_id_at_every_sign_in(app) -> None:  # type: ignore[no-untyped-def]
@@ -138,7 +187,7 @@ def test_brute_force_is_throttled_per_username_and_per_address(app) -> None:  # 
 
     ensure_user(app, "auditor")
     spray = TestClient(app, client=("192.0.2.1", 40000))  # many usernames from one address
-    for index in range(5):
+    for index in range(8):  # per-address limit (8 in this app): higher than per username, for a hospital NAT
         assert _login(spray, username=f"nobody-{index}").status_code == 401
     assert _login(spray, username="test-auditor").status_code == 429
 
@@ -148,7 +197,7 @@ def test_brute_force_is_throttled_per_username_and_per_address(app) -> None:  # 
     assert _login(attacker).status_code == 200
     with session_scope(app.state.session_factory) as session:
         tries = session.scalars(select(LoginAttempt)).all()
-        assert sum(not t.succeeded for t in tries) == 10 and all(t.client_address for t in tries)
+        assert sum(not t.succeeded for t in tries) == 13 and all(t.client_address for t in tries)
 
 
 def test_unknown_user_and_wrong_password_answer_alike(app) -> None:  # type: ignore[no-untyped-def]

@@ -142,3 +142,51 @@ def test_admins_manage_users_and_tokens_over_rest(app) -> None:  # type: ignore[
     assert client.post(LOGIN_PATH, json={"username": "dr.kim", "password": "a long enough one"}).status_code == 401
     users = client.get("/api/v1/users", headers=admin).json()
     assert {u["username"] for u in users["data"]} >= {"dr.kim", "test-admin"} and "hash" not in str(users)
+
+
+def _audit(app, **filters) -> list[dict]:  # type: ignore[no-untyped-def]
+    answer = TestClient(app).get("/api/v1/audit", params={"limit": 1000, **filters},
+                                 headers={"Authorization": f"Bearer {token_for(app, 'auditor')}"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]
+
+
+def test_an_admin_cannot_mint_a_review_token_for_a_clinician(app) -> None:  # type: ignore[no-untyped-def]
+    """With a clinician's review token an admin could sign reviews as them: refused over REST, allowed from the
+    operator's CLI; who made each token is stored and audited."""
+    client = TestClient(app)
+    admin = {"Authorization": f"Bearer {token_for(app, 'admin', scopes=['admin'])}"}
+    ensure_user(app, "clinician")
+    refused = client.post("/api/v1/tokens", json={"username": "test-clinician", "scopes": ["review"]}, headers=admin)
+    assert refused.status_code == 403 and "review" in refused.json()["detail"]
+    mixed = client.post("/api/v1/tokens", json={"username": "test-clinician", "scopes": ["read:events", "review"]},
+                        headers=admin)
+    assert mixed.status_code == 403
+    reading = client.post("/api/v1/tokens", json={"username": "test-clinician", "scopes": ["read:events"]},
+                          headers=admin)
+    assert reading.status_code == 201
+    with session_scope(app.state.session_factory) as session:
+        row = session.get(ApiToken, reading.json()["id"])
+        admin_id = session.scalars(select(User.id).where(User.username == "test-admin")).one()
+        assert row is not None and row.created_by_user_id == admin_id
+        by_cli, _secret = create_token(session=session, username="test-clinician", scopes=["review"],
+                                       expires_days=1)  # the CLI's way (no created_by): allowed
+        assert by_cli.created_by_user_id is None
+    (entry,) = [e for e in _audit(app, action="post_token") if e["outcome"] == "allowed"]
+    assert entry["object_type"] == "api_token" and entry["object_id"] == str(reading.json()["id"])
+    assert "username=test-clinician" in entry["detail"] and entry["status_code"] == 201
+    assert [e["status_code"] for e in _audit(app, action="post_token", outcome="refused")] == [403, 403]
+    made = client.post("/api/v1/users", json={"username": "dr.ng", "password": "a long enough one",
+                                              "role": "auditor"}, headers=admin)
+    (user_entry,) = _audit(app, action="post_user")
+    assert user_entry["object_id"] == str(made.json()["id"]) and "username=dr.ng" in user_entry["detail"]
+
+
+def test_the_last_active_admin_cannot_be_disabled(app) -> None:  # type: ignore[no-untyped-def]
+    client = TestClient(app)
+    admin = {"Authorization": f"Bearer {token_for(app, 'admin', scopes=['admin'])}"}
+    assert client.post("/api/v1/users/test-admin/disable", headers=admin).status_code == 409
+    ensure_user(app, "admin", username="second-admin")
+    assert client.post("/api/v1/users/second-admin/disable", headers=admin).status_code == 200
+    assert client.post("/api/v1/users/test-admin/disable", headers=admin).status_code == 409
+    assert client.get("/api/v1/users", headers=admin).status_code == 200  # still someone to manage users

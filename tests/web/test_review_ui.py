@@ -107,6 +107,19 @@ def test_an_admin_cannot_review_and_the_page_says_so(live_server: tuple[str, dic
     first = httpx.get(f"{base}/api/v1/events", headers=headers).json()["data"][0]
     assert first["status"] == "flagged"
 
+    # the admin's session ends mid-action and a clinician signs in at the same screen: the pending request
+    # is not resent as the clinician (that would be a review in their name); the page starts afresh instead
+    page.evaluate("window.__beforeSignIn = true")
+    page.context.clear_cookies()
+    page.click("#confirm")
+    expect(page.locator("#signin-message")).to_contain_text("session has ended")
+    sign_in(page, "test-clinician")
+    page.wait_for_function("window.__beforeSignIn === undefined")  # reloaded
+    expect(page.locator("#user-name")).to_contain_text("test-clinician")
+    expect(page.locator(".event-item").first).to_be_visible()
+    again = httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()
+    assert again["status"] == "flagged" and again["reviewer"] is None
+
 
 def _first_explanation(base: str, event: dict, headers: dict[str, str]) -> int:
     return httpx.get(f"{base}/api/v1/events/{event['id']}/explanations", headers=headers).json()["data"][0]["id"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
+from pydantic import AwareDatetime
 
 from server.api.deps import SessionDep, SettingsDep
 from server.api.params import CursorQuery, IdPath, IdQuery
@@ -47,10 +47,11 @@ def read_events(
     status: EventStatus | None = None,
     label: str | None = None,
     recording: IdQuery = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
 ) -> EventsPublic:
-    """Flagged events, newest first, filterable, paginated by cursor."""
+    """Flagged events, newest first, filterable, paginated by cursor. A time without a zone is refused (422):
+    whose local time it would be is a guess."""
     page, total = list_events(session=session, limit=limit, cursor=cursor, status=status, label=label,
                               recording_id=recording, since=since, until=until)
     next_cursor = page[-1].id if len(page) == limit else None
@@ -66,6 +67,8 @@ def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> Ev
 def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> EventPublic:
     """Confirm, reject or relabel a flagged event (a later review replaces an earlier one). The reviewer is
     the signed-in clinician."""
+    # the trail names the decision and label; the note is free text (it may hold patient details), so not
+    access.note(detail=f"decision={review.decision}" + (f" label={review.label}" if review.label else ""))
     return event_public(review_event(session=session, event_id=event_id, review=review,
                                      reviewer=access.principal.username))
 

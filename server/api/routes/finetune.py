@@ -46,6 +46,8 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, access: 
     params = body.model_dump() | {"base_model_id": base.id}
     job = Job(kind=FINETUNE_KIND, params=params, created_by=access.principal.username, status=JobStatus.queued)
     session.add(job)
+    session.flush()
+    access.record_now(session, 202)  # in the same transaction as the job
     session.commit()  # the worker reads the row: enqueue only after it is committed
     job.celery_id = dispatcher.finetune(job.id)
     return job

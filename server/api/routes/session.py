@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from server.api.auditing import audit_target, request_info
 from server.api.authentication import SESSION_COOKIE
-from server.api.deps import SessionDep, SettingsDep
+from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
 from server.api.security import Authenticated, Public
 from server.db.access_tables import AuditLog, Outcome, Role, UserSession
 from server.schemas import LoginIn, SessionPublic, UserPublic
@@ -27,12 +27,14 @@ router = APIRouter(tags=["session"])
 @router.post("/session", response_model=SessionPublic, dependencies=[Public],
              responses={401: {"description": "wrong username or password"},
                         429: {"description": "too many failed sign-ins (see Retry-After)"}})
-def login(request: Request, session: SessionDep, settings: SettingsDep, body: LoginIn) -> Response:
+def login(request: Request, session: SessionDep, factory: SessionFactoryDep, settings: SettingsDep,
+          body: LoginIn) -> Response:
     """Sign in. Sets an HttpOnly, SameSite=Strict session cookie (Secure over https) with a new session id
     every time, and returns the CSRF token to send in ``X-CSRF-Token`` on every write."""
-    result = sign_in(session=session, username=body.username, password=body.password,
-                     client_address=request_info(request).client_address or "unknown",
-                     rule=ThrottleRule(settings.login_max_failures, timedelta(seconds=settings.login_window_seconds)),
+    rule = ThrottleRule(settings.login_max_failures, timedelta(seconds=settings.login_window_seconds),
+                        max_failures_per_address=settings.login_max_failures_per_address)
+    result = sign_in(session=session, factory=factory, username=body.username, password=body.password,
+                     client_address=request_info(request).client_address or "unknown", rule=rule,
                      absolute=timedelta(hours=settings.session_absolute_hours), production=settings.production,
                      replaces=request.cookies.get(SESSION_COOKIE))
     record(session=session, entry=_login_entry(request, result))
@@ -42,8 +44,16 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, body: Lo
     payload = _public(result.user.id, result.user.username, result.user.role, result.row, settings)
     response = JSONResponse(content=payload.model_dump(mode="json"))
     response.set_cookie(SESSION_COOKIE, result.cookie, max_age=int(settings.session_absolute_hours * 3600),
-                        path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                        path="/", httponly=True, samesite="strict", secure=_secure(request, settings))
     return response
+
+
+def _secure(request: Request, settings: Settings) -> bool:
+    """``cookie_secure`` when set; otherwise always in production (a TLS-terminating proxy in front makes the
+    request look like http here), else only when the request came over https."""
+    if settings.cookie_secure is not None:
+        return settings.cookie_secure
+    return settings.production or request.url.scheme == "https"
 
 
 def _refusal(result: SignIn) -> tuple[int, str]:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException
 from server.api.deps import SessionDep
 from server.api.params import IdPath
 from server.api.security import ManageUsers
-from server.db.access_tables import ApiToken
+from server.db.access_tables import ApiToken, User
 from server.schemas import (
     TokenCreate,
     TokenCreated,
@@ -18,7 +18,7 @@ from server.schemas import (
     UsersPublic,
 )
 from server.security.passwords import WeakPasswordError
-from server.services.api_tokens import create_token, list_tokens, revoke_token
+from server.services.api_tokens import ReviewTokenRefused, create_token, list_tokens, revoke_token
 from server.services.errors import ConflictError
 from server.services.users import create_user, disable_user, list_users
 
@@ -38,7 +38,7 @@ def read_users(session: SessionDep, _access: ManageUsers) -> UsersPublic:
 
 
 @router.post("/users", status_code=201, response_model=UserAdminPublic)
-def post_user(session: SessionDep, _access: ManageUsers, body: UserCreate) -> UserAdminPublic:
+def post_user(session: SessionDep, access: ManageUsers, body: UserCreate) -> UserAdminPublic:
     """Create a user (the password is hashed with argon2id and never returned or logged)."""
     try:
         user = create_user(session=session, username=body.username, password=body.password, role=body.role)
@@ -46,12 +46,13 @@ def post_user(session: SessionDep, _access: ManageUsers, body: UserCreate) -> Us
         raise  # 409, not a validation error (ConflictError is a ValueError too)
     except (WeakPasswordError, ValueError) as exc:
         raise HTTPException(422, detail=str(exc)) from exc
+    access.note(object_id=user.id, detail=f"username={user.username} role={user.role.value}")
     return UserAdminPublic.model_validate(user)
 
 
 @router.post("/users/{username}/disable", response_model=UserAdminPublic)
 def post_disable_user(session: SessionDep, _access: ManageUsers, username: str) -> UserAdminPublic:
-    """The user's sessions and tokens stop working at their next request."""
+    """The user's sessions and tokens stop working at their next request. 409 for the last active admin."""
     return UserAdminPublic.model_validate(disable_user(session=session, username=username))
 
 
@@ -63,13 +64,19 @@ def read_tokens(session: SessionDep, _access: ManageUsers) -> TokensPublic:
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)
-def post_token(session: SessionDep, _access: ManageUsers, body: TokenCreate) -> TokenCreated:
-    """A new token for a user; the answer holds the token itself, the only time it is ever shown."""
+def post_token(session: SessionDep, access: ManageUsers, body: TokenCreate) -> TokenCreated:
+    """A new token for a user; the answer holds the token itself, the only time it is ever shown.
+
+    403 for a ``review`` token for anyone but the caller: it would let an admin review as that clinician."""
+    admin = session.get(User, access.principal.user_id)
     try:
         token, secret = create_token(session=session, username=body.username, scopes=body.scopes,
-                                     expires_days=body.expires_days, name=body.name)
+                                     expires_days=body.expires_days, name=body.name, created_by=admin)
+    except ReviewTokenRefused as exc:
+        raise HTTPException(403, detail=str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
+    access.note(object_id=token.id, detail=f"username={token.user.username} scopes={' '.join(token.scopes)}")
     return TokenCreated(**token_public(token).model_dump(), token=secret)
 
 
