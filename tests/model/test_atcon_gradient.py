@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import importlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -38,12 +38,7 @@ SMALL = (4, 6, 8, 8)  # tiny widths: the test is about calculus, not capacity
 ALL_OPTIONS = list(itertools.product(RESOLUTION_MATCHES, SIMILARITIES, FINE_METHODS, (False, True)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(kind: str, seed: int = 0) -> nn.Module:

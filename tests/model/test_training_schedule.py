@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from model.nets import build_model
 from model.training.experiment_config import ExperimentConfig
@@ -17,13 +15,7 @@ from model.training.loop import train
 from model.training.schedule import epoch_plan, epoch_schedule, labelled_steps_per_epoch
 from tests.model.test_training_trainer import SPEC, _small_config, toy_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("ns", "nu", "control_steps"), [(8, 700, 4), (16, 692, 8), (32, 676, 16)])
