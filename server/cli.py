@@ -101,10 +101,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.main import create_app
+    from server.serving import uvicorn_config
     from server.settings import Settings
 
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, args.host, args.port)).run()
     return 0
 
 

@@ -26,6 +26,7 @@ from server.main import create_app
 from server.security.permissions import Scope
 from server.services.api_tokens import create_token
 from server.services.users import create_user
+from server.serving import uvicorn_config
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def run_demo(*, data_dir: Path, host: str, port: int, seconds: float, seed: int,
           f"{', '.join(f'{e.label}@{e.start:.0f}s' for e in synth.events)})", flush=True)
     app = create_app(settings)
     accounts = create_demo_accounts(settings, app.state.session_factory)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, settings, host, port, log_level="warning"))
     outcome: dict = {}
     base = f"http://{host}:{port}"
     driver = threading.Thread(target=_drive, args=(base, synth.video, server, serve, t0, outcome, accounts),

@@ -15,9 +15,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server import __version__
 from server.api.auditing import API_PREFIX, record_refusal
+from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
 from server.api.request_id import RequestIdMiddleware
 from server.api.routes import audit, events, finetune, health, jobs, recordings, session, users
 from server.api.security import unguarded_routes
@@ -71,6 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.worker_context = context
 
     app.add_middleware(RequestIdMiddleware)
+    # Outermost last: headers go on every answer, including the 400 for an untrusted Host (DNS rebinding) and
+    # the 431 for too many or too large request headers.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts, www_redirect=False)
+    app.add_middleware(HeaderLimitMiddleware, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes)
+    app.add_middleware(SecurityHeadersMiddleware,
+                       relaxed_paths=[path for path in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+                                      if path])
 
     async def refused(request: Request, status: int, detail: str) -> Response | None:
         """Audit a refusal on a guarded route; if the trail cannot be written, the answer is 503."""

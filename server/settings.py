@@ -6,12 +6,13 @@ config dataclasses.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "model" / "assets" / "demo_tiny3d.pt"
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
         default=None, description="the session cookie's Secure flag; None: always in production, else over https")
     token_default_expiry_days: int | None = Field(default=90, ge=1, description="API tokens; None: no expiry")
 
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default=["127.0.0.1", "localhost", "[::1]", "testserver"],
+        description="Host header values served (DNS rebinding); comma-separated or JSON; *.example.org; * = any")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line and headers, in bytes")
+    max_header_count: int = Field(default=100, ge=10, description="request headers per request")
+
     max_upload_bytes: int = 4 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
     embedded_workers: int = 1
@@ -66,6 +73,20 @@ class Settings(BaseSettings):
     review_clip_pre_seconds: float = Field(default=2.0, ge=0, description="review clip starts this early")
     review_clip_post_seconds: float = Field(default=2.0, ge=0, description="and ends this late")
     explain_methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """``a,b`` or a JSON list; an IPv6 literal is written with or without brackets (the Host header has them)."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") and '"' in value else value.split(",")
+        if isinstance(value, list | tuple):
+            hosts = [str(host).strip().lower() for host in value if str(host).strip()]
+            for host in hosts:
+                if "*" in host[1:] or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+                    raise ValueError(f"trusted host {host!r}: a wildcard is only '*' or '*.example.org'")
+            return [f"[{host}]" if ":" in host and not host.startswith("[") else host for host in hosts]
+        return value
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

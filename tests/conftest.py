@@ -78,11 +78,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with a real uvicorn on a free loopback port in a thread; yields its base URL."""
+    """Serve ``app`` with a real uvicorn, configured as ``wardwatch serve`` does, on a free loopback port in a
+    thread; yields its base URL."""
     import uvicorn
 
+    from server.serving import uvicorn_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, app.state.settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -49,12 +49,15 @@ function renderList() {
     item.dataset.id = event.id;
     item.tabIndex = 0;
     const shown = event.reviewed_label || event.label;
-    item.innerHTML = `<span class="badge label-${event.label}"></span>
-      <span class="event-label"></span>
-      <span class="event-time">rec ${event.recording_id} · ${fmtSeconds(event.start)}–${fmtSeconds(event.end)}</span>
-      <span class="event-score">${(event.peak_score * 100).toFixed(0)}%</span>
-      <span class="status status-${event.status}">${event.status}</span>`;
-    item.querySelector(".event-label").textContent = shown.replaceAll("_", " ");
+    // Built node by node (no innerHTML): a label or status is data, never markup.
+    const span = (className, text = "") => Object.assign(document.createElement("span"), { className, textContent: text });
+    item.append(
+      span(`badge label-${event.label}`),
+      span("event-label", shown.replaceAll("_", " ")),
+      span("event-time", `rec ${event.recording_id} · ${fmtSeconds(event.start)}–${fmtSeconds(event.end)}`),
+      span("event-score", `${(event.peak_score * 100).toFixed(0)}%`),
+      span(`status status-${event.status}`, event.status),
+    );
     item.addEventListener("click", () => select(event.id));
     list.append(item);
   }

@@ -20,12 +20,36 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
+# Runs in every document before the page's own scripts: each Content-Security-Policy violation the browser
+# reports (a blocked inline script or style, a resource from elsewhere) is handed to the test.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__reportCspViolation(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.documentURI}`
+    + (e.sample ? ` (${e.sample})` : ""));
+});
+"""
+
+
 @pytest.fixture
-def page() -> Iterator[Page]:
+def csp_violations() -> list[str]:
+    """The CSP violations the browser reported during the test (events and console messages)."""
+    return []
+
+
+@pytest.fixture
+def page(csp_violations: list[str]) -> Iterator[Page]:
+    """A Chromium page with the server's CSP in force (never bypassed); after the test, no page may have
+    reported a CSP violation."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
+            new = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=False)
+            new.expose_function("__reportCspViolation", lambda text: csp_violations.append(text))
+            new.add_init_script(REPORT_CSP_VIOLATIONS)
+            new.on("console", lambda message: csp_violations.append(message.text)
+                   if "Content Security Policy" in message.text else None)
+            yield new
+            assert not csp_violations, f"the browser reported CSP violations: {csp_violations}"
         finally:
             browser.close()
 
