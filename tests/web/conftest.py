@@ -65,6 +65,22 @@ def upload_and_score(base: str, app: Any, video: Path, headers: dict[str, str]) 
     return scored
 
 
+def wait_until(page: Page, expression: str, timeout: float = 20.0) -> None:
+    """Poll a JavaScript expression until it is true.
+
+    Not ``page.wait_for_function``: Playwright compiles its predicate with ``eval`` inside the page, which the
+    pages' Content-Security-Policy (no ``unsafe-eval``) rightly refuses. ``page.evaluate`` goes through the
+    DevTools protocol, which the policy does not govern.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {expression}")
+        page.wait_for_timeout(100)
+
+
 def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
     """Sign in through the page's real form, as a person would."""
     expect(page.get_by_role("heading", name="Sign in to Wardwatch")).to_be_visible()

@@ -16,7 +16,7 @@ from server.main import create_app
 from server.settings import Settings
 from tests.accounts import bearer, ensure_user
 from tests.conftest import running_server
-from tests.web.conftest import ARTIFACTS, sign_in, upload_and_score
+from tests.web.conftest import ARTIFACTS, sign_in, upload_and_score, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -58,13 +58,13 @@ def test_review_an_event_in_the_browser(live_server: tuple[str, dict[str, str]],
     overlay = page.locator("#overlay")
     expect(overlay).to_have_attribute("src", f"/api/v1/explanations/{_first_explanation(base, first, headers)}"
                                              "/overlay.png")
-    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")  # media ride on the cookie
+    wait_until(page, "document.getElementById('overlay').naturalWidth > 0")  # media ride on the cookie
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
 
     page.keyboard.press("2")
     expect(page.locator("#overlay-caption")).to_have_text("Guided Backprop")
-    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    wait_until(page, "document.getElementById('overlay').naturalWidth > 0")
     expect(page.locator("#video-figure")).to_be_visible()
     expect(page.locator("#clip-figure")).to_be_visible()
 
@@ -114,7 +114,7 @@ def test_an_admin_cannot_review_and_the_page_says_so(live_server: tuple[str, dic
     page.click("#confirm")
     expect(page.locator("#signin-message")).to_contain_text("session has ended")
     sign_in(page, "test-clinician")
-    page.wait_for_function("window.__beforeSignIn === undefined")  # reloaded
+    wait_until(page, "window.__beforeSignIn === undefined")  # reloaded
     expect(page.locator("#user-name")).to_contain_text("test-clinician")
     expect(page.locator(".event-item").first).to_be_visible()
     again = httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()
