@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.training.metrics import _bool_targets, predictions
+from model.training.metrics import bool_targets, predictions
 
 __all__ = [
     "bootstrap_mean",
@@ -89,7 +89,7 @@ def paired_bootstrap_macro_f1(
     if len(list_a) != len(list_b) or not list_a:
         raise ValueError("need the same (non-zero) number of prediction sets for A and B")
     k = np.asarray(list_a[0]).shape[1]
-    target = _bool_targets(targets, k)
+    target = bool_targets(targets, k)
     n = target.shape[0]
     rng = np.random.default_rng(seed)
     weights = _resample_counts(n, runs, rng) if n else np.zeros((runs, 0))
@@ -273,7 +273,7 @@ def paired_cluster_bootstrap_macro_f1(
     list_b = [probs_b] if isinstance(probs_b, np.ndarray) else list(probs_b)
     if len(list_a) != len(list_b) or not list_a:
         raise ValueError("need the same (non-zero) number of prediction sets for A and B")
-    target = _bool_targets(targets, np.asarray(list_a[0]).shape[1])
+    target = bool_targets(targets, np.asarray(list_a[0]).shape[1])
     n = target.shape[0]
     g = np.arange(n) if groups is None else np.asarray(groups).reshape(-1)
     if g.size != n:

@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "average_precision",
+    "bool_targets",
     "bootstrap_macro_f1",
     "class_targets",
     "confusion_counts",
@@ -40,7 +41,7 @@ def predictions(probs: np.ndarray, *, multi_label: bool = True, threshold: float
     return out
 
 
-def _targets(targets: np.ndarray, num_classes: int) -> np.ndarray:
+def bool_targets(targets: np.ndarray, num_classes: int) -> np.ndarray:
     """Boolean targets ``[N, K]`` from multi-hot ``[N, K]`` or class indices ``[N]``."""
     t = np.asarray(targets)
     if t.ndim == 1:
@@ -76,7 +77,7 @@ def per_class_f1(
     ``[N, K]`` or class indices ``[N]``.
     """
     pred = predictions(probs, multi_label=multi_label, threshold=threshold)
-    target = _targets(targets, pred.shape[1])
+    target = bool_targets(targets, pred.shape[1])
     if target.shape[0] != pred.shape[0]:
         raise ValueError(f"{pred.shape[0]} predictions but {target.shape[0]} targets")
     return _f1_from_counts(*confusion_counts(pred, target))
@@ -110,7 +111,7 @@ def bootstrap_macro_f1(
     ``[runs, N] @ [N, K]`` product instead of ``runs`` Python-level metric calls.
     """
     pred = predictions(probs, multi_label=multi_label, threshold=threshold)
-    target = _targets(targets, pred.shape[1])
+    target = bool_targets(targets, pred.shape[1])
     n = pred.shape[0]
     value = macro_f1(probs, targets, multi_label=multi_label, threshold=threshold)
     if n == 0:
@@ -149,7 +150,7 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """
     s = np.asarray(scores, dtype=np.float64)
     n, k = s.shape
-    t = _bool_targets(targets, k)
+    t = bool_targets(targets, k)
     out = np.full(k, np.nan)
     for c in range(k):
         if t[:, c].any():
@@ -173,12 +174,3 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     ap = average_precision(scores, targets)
     defined = ap[~np.isnan(ap)]
     return float(defined.mean()) if defined.size else 0.0
-
-
-def _bool_targets(targets: np.ndarray, k: int) -> np.ndarray:
-    t = np.asarray(targets)
-    if t.ndim == 1:
-        out = np.zeros((t.shape[0], k), dtype=bool)
-        out[np.arange(t.shape[0]), t.astype(np.int64)] = True
-        return out
-    return t > 0.5
