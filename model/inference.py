@@ -28,6 +28,7 @@ __all__ = [
     "ClipScorer",
     "ScoredClips",
     "frames_to_tensor",
+    "model_device",
     "normalize_tensor",
     "predict_proba",
     "resolve_device",
@@ -68,7 +69,8 @@ def normalize_tensor(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -91,7 +93,7 @@ def predict_proba(
     if batch.shape[0] == 0:
         out_features = getattr(getattr(model, "fc", None), "out_features", 0)
         return torch.zeros((0, out_features), dtype=torch.float32)
-    device = _model_device(model)
+    device = model_device(model)
     step = batch.shape[0] if not batch_size else max(1, int(batch_size))
     was_training = model.training
     model.eval()

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from model.attribution import GradCAM
-from model.training.prediction import _model_device, _to_input, predict_probs
+from model.inference import frames_to_tensor, model_device
+from model.training.prediction import predict_probs
 from model.weights import InputSpec
 
 __all__ = [
@@ -58,7 +59,7 @@ def grad_cam_maps(
     from model.nets import default_target_layer
 
     cam = GradCAM(model, layer if layer is not None else default_target_layer(model))
-    dev = _model_device(model)
+    dev = model_device(model)
     n = len(frames)  # type: ignore[arg-type]
     was_training = model.training
     model.eval()
@@ -66,7 +67,7 @@ def grad_cam_maps(
     try:
         for i in range(0, n, batch_size):
             idx = np.arange(i, min(i + batch_size, n))
-            x = _to_input(np.asarray(frames[idx]), spec).to(dev)  # type: ignore[index]
+            x = frames_to_tensor(np.asarray(frames[idx]), spec).to(dev)  # type: ignore[index]
             if x.shape[2] == 1:
                 x = x[:, :, 0]  # images: [B, 3, H, W]
             m = cam.attribute(x, torch.as_tensor(targets[idx], device=dev), per_time_step=per_time_step)

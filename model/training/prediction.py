@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from model.inference import frames_to_tensor
+from model.inference import frames_to_tensor, model_device
 from model.weights import InputSpec
 
 __all__ = ["predict_probs"]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _to_input(frames: np.ndarray, spec: InputSpec) -> Tensor:
-    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` normalised (T = 1 is kept)."""
-    return frames_to_tensor(frames, spec)
 
 
 def predict_probs(
@@ -36,7 +26,7 @@ def predict_probs(
     ndarray or :class:`~model.training.training_data.LazyFrames`). The model's mode is restored.
     """
     n = len(frames)  # type: ignore[arg-type]
-    dev = device or _model_device(model)
+    dev = device or model_device(model)
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
@@ -44,7 +34,7 @@ def predict_probs(
         with torch.inference_mode():
             for i in range(0, n, batch_size):
                 idx = np.arange(i, min(i + batch_size, n))
-                logits = model(_to_input(np.asarray(frames[idx]), spec).to(dev)).float()  # type: ignore[index]
+                logits = model(frames_to_tensor(np.asarray(frames[idx]), spec).to(dev)).float()  # type: ignore[index]
                 p = torch.sigmoid(logits) if spec.multi_label else torch.softmax(logits, dim=1)
                 out.append(p.cpu().numpy())
     finally:
