@@ -1,4 +1,4 @@
-"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens."""
+"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens, secret-key."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"annotations:  {result.annotations_json}, {result.annotations_csv}")
     print(f"events:       {len(result.events)} ({', '.join(sorted({e.label for e in result.events}))})")
     print(f"distractors:  {len(result.distractors)}")
+    return 0
+
+
+def _secret_key(_args: argparse.Namespace) -> int:
+    from server.security.secret_box import new_key
+
+    print(new_key())
     return 0
 
 
@@ -216,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="wardwatch-demo")
     p.add_argument("--once", action="store_true", help="exit after scoring instead of serving")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("secret-key", help="print a new key for WARDWATCH_SECRET_KEYS (secrets at rest)")
+    p.set_defaults(func=_secret_key)
 
     add_access_parsers(sub)  # users, tokens (server/cli_access.py)
     return parser

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; shared objects live on ``app.state`` and reach routes through ``server.api.deps``."""
     settings = settings or get_settings()
+    settings.secret_box()  # production without WARDWATCH_SECRET_KEYS stops here, before anything is served
     engine, factory = open_database(settings)
     ensure_active_model(settings, factory)
     context = WorkerContext(settings=settings, session_factory=factory, models=ModelCache(settings.device))

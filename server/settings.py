@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.security.secret_box import SecretBox
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "model" / "assets" / "demo_tiny3d.pt"
 DEFAULT_WEB_DIR = REPO_ROOT / "web"
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
     cookie_secure: bool | None = Field(
         default=None, description="the session cookie's Secure flag; None: always in production, else over https")
     token_default_expiry_days: int | None = Field(default=90, ge=1, description="API tokens; None: no expiry")
+    secret_keys: Annotated[list[str], NoDecode] = Field(
+        default=[], repr=False,
+        description="Fernet keys for secrets at rest, comma-separated, first encrypts (server/security/secret_box.py);"
+                    " development default: data_dir/secret.key; required in production")
 
     trusted_hosts: Annotated[list[str], NoDecode] = Field(
         default=["127.0.0.1", "localhost", "[::1]", "testserver"],
@@ -86,6 +92,13 @@ class Settings(BaseSettings):
                 if "*" in host[1:] or (host.startswith("*") and host != "*" and not host.startswith("*.")):
                     raise ValueError(f"trusted host {host!r}: a wildcard is only '*' or '*.example.org'")
             return [f"[{host}]" if ":" in host and not host.startswith("[") else host for host in hosts]
+        return value
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
     @model_validator(mode="after")
@@ -125,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    def secret_box(self) -> SecretBox:
+        """The encrypter of secrets at rest (raises :class:`SecretKeyMissing` in production without keys)."""
+        return SecretBox.from_settings(self.secret_keys, self.data_dir, production=self.production)
 
     def ensure_dirs(self) -> None:
         """Create the data directories (idempotent)."""

@@ -12,6 +12,7 @@ from server.db.session import session_scope
 from server.db.tables import Job, JobStatus
 from server.main import create_app
 from server.schemas import redact_url_secrets
+from server.security.secret_box import new_key
 from server.settings import Settings
 from tests.accounts import bearer
 
@@ -23,7 +24,7 @@ def _app(db_url: str, tmp_path: Path, **extra: object):  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("environment", ["development", "production"])
 def test_api_docs_only_in_development(tmp_path: Path, environment: str) -> None:
-    app = _app(f"sqlite:///{tmp_path / 'w.db'}", tmp_path, environment=environment)
+    app = _app(f"sqlite:///{tmp_path / 'w.db'}", tmp_path, environment=environment, secret_keys=[new_key()])
     with TestClient(app) as client:
         codes = {path: client.get(path).status_code for path in ("/docs", "/redoc", "/openapi.json")}
     if environment == "production":

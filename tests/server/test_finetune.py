@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from server.main import create_app
+from server.security.secret_box import new_key
 from server.settings import Settings
 from tests.accounts import act_as, bearer
 from tests.server.conftest import upload, wait_for_tasks
@@ -129,7 +130,8 @@ def test_cancel_leaves_no_model(tmp_path: Path, ward_video) -> None:  # type: ig
 
 
 def test_finetune_needs_reviews_and_an_admin_in_production(tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(data_dir=tmp_path / "data", broker_url=None, environment="production")
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, environment="production",
+                        secret_keys=[new_key()])
     with TestClient(create_app(settings)) as client:
         refused = client.post("/api/v1/finetune-jobs", json={})
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")

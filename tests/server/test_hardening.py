@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from server.api.hardening import CSP, DOCS_CSP, HEADERS
 from server.main import create_app
+from server.security.secret_box import new_key
 from server.settings import Settings
 from tests.accounts import act_as
 from tests.conftest import running_server
@@ -78,7 +79,8 @@ def test_the_development_api_explorer_has_its_own_relaxed_policy(client: TestCli
 
 
 def test_production_has_no_explorer_and_the_strict_policy_everywhere(tmp_path: Path) -> None:
-    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", environment="production"))
+    app = create_app(Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", environment="production",
+                              secret_keys=[new_key()]))
     with TestClient(app) as client:
         response = client.get("/docs")
     assert response.status_code == 404

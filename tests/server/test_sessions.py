@@ -16,6 +16,7 @@ from server.db.access_tables import LoginAttempt, UserSession
 from server.db.base import utcnow
 from server.db.session import session_scope
 from server.main import create_app
+from server.security.secret_box import new_key
 from server.services.users import DemoUserRefused, create_user, disable_user
 from server.settings import Settings
 from tests.accounts import PASSWORD, bearer, ensure_user
@@ -56,9 +57,9 @@ def test_cookie_flags_and_what_the_answer_holds(app) -> None:  # type: ignore[no
 def test_cookie_secure_setting(db_url: str, tmp_path: Path) -> None:
     """Behind a TLS-terminating proxy the request looks like http: production sets Secure anyway, and
     ``cookie_secure`` decides when it is set."""
-    for index, (extra, secure) in enumerate(((dict(environment="production"), True),
-                                             (dict(cookie_secure=True), True),
-                                             (dict(environment="production", cookie_secure=False), False))):
+    production = dict(environment="production", secret_keys=[new_key()])
+    for index, (extra, secure) in enumerate(((production, True), (dict(cookie_secure=True), True),
+                                             ({**production, "cookie_secure": False}, False))):
         application = create_app(Settings(data_dir=tmp_path / f"d{index}", database_url=db_url, broker_url=None,
                                           device="cpu", **extra))
         with TestClient(application) as client:
@@ -226,7 +227,7 @@ def test_demo_accounts_never_work_in_production(db_url: str, tmp_path: Path) -> 
         assert _login(client, "demo-clinician", "printed on a terminal").status_code == 200
         demo_token = bearer(development, "clinician", username="demo-clinician")
     production = create_app(Settings(data_dir=tmp_path / "prod", database_url=db_url, broker_url=None,
-                                     environment="production"))
+                                     environment="production", secret_keys=[new_key()]))
     with TestClient(production) as client:
         assert _login(client, "demo-clinician", "printed on a terminal").status_code == 401
         assert client.get("/api/v1/events", headers=demo_token).status_code == 401
