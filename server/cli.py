@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("secret-key", help="print a new key for WARDWATCH_SECRET_KEYS (secrets at rest)")
     p.set_defaults(func=_secret_key)
 
-    add_access_parsers(sub)  # users, tokens (server/cli_access.py)
+    add_access_parsers(sub)  # users, tokens, sessions (server/cli_access.py)
     return parser
 
 

@@ -1,5 +1,5 @@
-"""``wardwatch users ...`` and ``wardwatch tokens ...``: bootstrap and manage accounts from a shell on the
-server, against the configured database (migrated first, as ``serve`` does).
+"""``wardwatch users ...``, ``wardwatch tokens ...`` and ``wardwatch sessions purge``: bootstrap and manage
+accounts from a shell on the server, against the configured database (migrated first, as ``serve`` does).
 
 A new token is printed once, alone on the last line, so scripts can take it with ``tail -n 1``; only its
 digest is stored, so it cannot be shown again.
@@ -156,12 +156,24 @@ def _tokens_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions_purge(_args: argparse.Namespace) -> int:
+    from server.services.housekeeping import purge_expired
+    from server.settings import get_settings
+
+    with _database() as session:
+        purged = purge_expired(session=session, settings=get_settings())  # type: ignore[arg-type]
+        _audit(session, "cli_sessions_purge", "session", "expired",
+               f"sessions={purged.sessions} login_attempts={purged.login_attempts}")
+        print(f"purged {purged}")
+    return 0
+
+
 def _sub(parent: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
     return parent.add_subparsers(dest=dest, required=True)
 
 
 def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``users`` and ``tokens`` on the ``wardwatch`` parser."""
+    """Register ``users``, ``tokens`` and ``sessions`` on the ``wardwatch`` parser."""
     from server.db.access_tables import Role
     from server.security.permissions import Scope
 
@@ -192,3 +204,7 @@ def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     command(tokens, "list", "list tokens (never their values)", _tokens_list)
     p = command(tokens, "revoke", "revoke a token at once", _tokens_revoke)
     p.add_argument("id", type=int)
+
+    sessions = _sub(sub.add_parser("sessions", help="browser sessions and sign-in tries"), "sessions_command")
+    command(sessions, "purge", "delete ended sessions and sign-in tries older than the throttle window (the "
+            "server also does this at start-up and every WARDWATCH_PURGE_INTERVAL_MINUTES)", _sessions_purge)

@@ -27,9 +27,10 @@ from server.bootstrap import ensure_active_model, open_database
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.finetuning import FINETUNE_KIND
+from server.housekeeper import Housekeeper
 from server.model_cache import ModelCache
 from server.pipeline import WorkerContext
-from server.services.errors import ConflictError, NotFoundError
+from server.services.errors import ConflictError, InvalidInputError, NotFoundError
 from server.settings import Settings, get_settings
 from server.watcher import FolderWatcher
 from server.worker.dispatch import Dispatcher, make_dispatcher
@@ -54,7 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if watcher is not None:
             watcher.start()
         app.state.watcher = watcher
+        housekeeper = Housekeeper(settings, factory)  # ended sessions, old sign-in tries: at start-up, then hourly
+        housekeeper.start()
         yield
+        housekeeper.stop()
         if watcher is not None:
             watcher.stop()
         dispatcher.shutdown()
@@ -110,6 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ConflictError)
     async def _conflict(request: Request, exc: ConflictError) -> Response:
         return await refused(request, 409, str(exc)) or JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(InvalidInputError)
+    async def _unacceptable(request: Request, exc: InvalidInputError) -> Response:
+        return await refused(request, 422, str(exc)) or JSONResponse(status_code=422, content={"detail": str(exc)})
 
     for module in (health, session, recordings, events, jobs, finetune, audit, users):
         app.include_router(module.router, prefix=API_PREFIX)

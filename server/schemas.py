@@ -8,10 +8,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, Role
+from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, ReviewDecision, Role
 from server.security.permissions import Scope
 
 MAX_ID = 2**63 - 1  # database IDs are 64-bit
+MAX_NOTE = 4000  # characters of a review note
 
 
 class _FromRow(BaseModel):
@@ -95,9 +96,19 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["confirmed", "rejected", "relabelled"]
-    label: str | None = Field(default=None, min_length=1, max_length=64)
-    note: str | None = Field(default=None, max_length=4000)
+    label: str | None = Field(default=None, min_length=1, max_length=64,
+                              description="relabels only: one of the classes of the model version that flagged "
+                                          "the event (its own label included)")
+    note: str | None = Field(default=None, max_length=MAX_NOTE, description="leave it out rather than send ''")
     # No "reviewer" field: the reviewer is the signed-in clinician, never what the client claims.
+
+    @field_validator("note", mode="after")
+    @classmethod
+    def _note_not_blank(cls, note: str | None) -> str | None:
+        """A blank note would read in the history as if something had been written: leave it out instead."""
+        if note is not None and not note.strip():
+            raise ValueError("the note is empty: leave 'note' out instead")
+        return note
 
     @model_validator(mode="after")
     def _label_for_relabel(self) -> ReviewIn:
@@ -106,6 +117,28 @@ class ReviewIn(BaseModel):
         if self.decision != "relabelled" and self.label is not None:
             raise ValueError("'label' is only accepted with decision 'relabelled'")
         return self
+
+
+class EventReviewPublic(_FromRow):
+    """One entry of an event's review history. ``undone_at`` set: taken back, no longer the event's state."""
+
+    id: int
+    event_id: int
+    decision: ReviewDecision
+    label: str | None = Field(description="the new label of a relabel; None otherwise")
+    note: str | None
+    reviewer: str
+    reviewer_id: int | None
+    token_id: int | None = Field(description="the API token it came through; None: a browser session")
+    created_at: datetime
+    undone_at: datetime | None
+    undone_by: str | None
+
+
+class EventReviewsPublic(BaseModel):
+    data: list[EventReviewPublic]
+    count: int
+    next_cursor: int | None = None
 
 
 class ModelVersionPublic(_FromRow):

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = Field(
         default=50, ge=1, description="... and per client address (a hospital NAT shares one: keep it higher) ...")
     login_window_seconds: int = Field(default=900, ge=1, description="... within this window before 429")
+    purge_interval_minutes: float = Field(
+        default=60, ge=0, description="ended sessions and old sign-in tries are deleted at start-up and this often "
+                                      "(0: at start-up only); see server/housekeeper.py")
     cookie_secure: bool | None = Field(
         default=None, description="the session cookie's Secure flag; None: always in production, else over https")
     token_default_expiry_days: int | None = Field(default=90, ge=1, description="API tokens; None: no expiry")

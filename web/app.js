@@ -1,6 +1,7 @@
-// Review queue: list flagged events, open one with its explanations, confirm / reject / relabel.
+// Review queue: list flagged events, open one with its explanations, confirm / reject / relabel, undo one's own
+// latest review, see the review history.
 import { api } from "./api.js";
-import { ensureSignedIn } from "./session.js";
+import { currentUser, ensureSignedIn } from "./session.js";
 
 const METHOD_NAMES = {
   key_frame: "Frame",
@@ -10,7 +11,8 @@ const METHOD_NAMES = {
   integrated_gradients: "Integrated Gradients",
 };
 const PAGE = 50;
-const state = { events: [], cursor: null, selected: null, views: [], view: 0, labels: [] };
+const HISTORY = 20;  // newest reviews shown under an event
+const state = { events: [], cursor: null, selected: null, views: [], view: 0, labels: [], classes: {} };
 const $ = (id) => document.getElementById(id);
 
 function fmtSeconds(s) {
@@ -90,6 +92,10 @@ async function select(id) {
   }
   $("review-note").value = event.note || "";
   $("review-status").textContent = "";
+  // a relabel chooses among the classes of the model version that flagged the event (the server insists)
+  fillOptions($("relabel-label"), state.classes[event.model_version_id] || state.labels);
+  $("undo").hidden = event.status === "flagged" || event.reviewer !== currentUser()?.username;
+  await showHistory(event.id);
   $("clip-figure").hidden = !event.clip_url;
   if (event.clip_url) {
     $("event-clip").poster = event.key_frame_url || "";
@@ -104,6 +110,38 @@ async function select(id) {
   if (video) {
     $("overlay-video").poster = video.overlay_url;  // the key-frame overlay until the clip plays
     $("overlay-video").src = video.video_url;
+  }
+}
+
+function fillOptions(select, labels) {
+  select.replaceChildren();
+  for (const label of labels) {
+    const option = document.createElement("option");
+    option.value = label;
+    option.textContent = label.replaceAll("_", " ");
+    select.append(option);
+  }
+}
+
+async function showHistory(id) {
+  const list = $("history-list");
+  list.replaceChildren();
+  try {
+    const page = await api.reviews(id, { limit: HISTORY });
+    $("history-count").textContent = String(page.count);
+    for (const r of page.data) {
+      const item = document.createElement("li");
+      item.className = r.undone_at ? "undone" : "";
+      const decision = r.decision + (r.label ? ` → ${r.label.replaceAll("_", " ")}` : "");
+      const parts = [new Date(r.created_at).toLocaleString(), r.reviewer, decision];
+      if (r.note) parts.push(`“${r.note}”`);
+      if (r.undone_at) parts.push(`undone by ${r.undone_by} ${new Date(r.undone_at).toLocaleString()}`);
+      item.textContent = parts.join(" · ");  // text, never markup: a note is whatever someone typed
+      list.append(item);
+    }
+  } catch (err) {
+    $("history-count").textContent = "?";
+    list.append(Object.assign(document.createElement("li"), { textContent: `Could not load: ${err.message}` }));
   }
 }
 
@@ -148,6 +186,20 @@ async function review(decision) {
   }
 }
 
+async function undo() {
+  const event = state.selected;
+  if (!event || $("undo").hidden) return;
+  try {
+    const updated = await api.undoReview(event.id);
+    Object.assign(event, updated);
+    renderList();
+    await select(event.id);
+    $("review-status").textContent = `Undone: now ${updated.status}`;
+  } catch (err) {
+    $("review-status").textContent = `Not undone — ${err.message}`;
+  }
+}
+
 function move(step) {
   if (!state.events.length) return;
   const at = state.events.findIndex((e) => e.id === state.selected?.id);
@@ -163,28 +215,30 @@ async function init() {
     const models = await api.models();
     const active = models.find((m) => m.state === "active");
     state.labels = active ? active.class_names : [];
+    state.classes = Object.fromEntries(models.map((m) => [m.id, m.class_names]));
   } catch (err) {
     $("health").textContent = `server unreachable: ${err.message}`;
   }
   for (const label of state.labels) {
-    for (const select of [$("filter-label"), $("relabel-label")]) {
-      const option = document.createElement("option");
-      option.value = label;
-      option.textContent = label.replaceAll("_", " ");
-      select.append(option);
-    }
+    const option = document.createElement("option");
+    option.value = label;
+    option.textContent = label.replaceAll("_", " ");
+    $("filter-label").append(option);
   }
+  fillOptions($("relabel-label"), state.labels);
   $("filters").addEventListener("change", () => loadEvents());
   $("load-more").addEventListener("click", () => loadEvents(true));
   $("confirm").addEventListener("click", () => review("confirmed"));
   $("reject").addEventListener("click", () => review("rejected"));
   $("relabel").addEventListener("click", () => review("relabelled"));
+  $("undo").addEventListener("click", () => undo());
   document.addEventListener("keydown", (e) => {
     if (["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName)) return;
     if (e.key === "j") move(1);
     else if (e.key === "k") move(-1);
     else if (e.key === "c") review("confirmed");
     else if (e.key === "x") review("rejected");
+    else if (e.key === "u") undo();
     else if (/^[1-9]$/.test(e.key) && state.views[Number(e.key) - 1]) renderViews(Number(e.key) - 1);
   });
   await loadEvents();

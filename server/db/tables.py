@@ -1,5 +1,6 @@
 """Typed tables: recording, clip, event, explanation, model_version, job (DESIGN.md's first-cut data model),
-plus the access-control tables of `server.db.access_tables`."""
+plus the access-control tables of `server.db.access_tables` and the review history of
+`server.db.review_tables`."""
 
 from __future__ import annotations
 
@@ -176,8 +177,10 @@ class Job(Base):
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.
 from server.db.access_tables import ApiToken, AuditLog, LoginAttempt, Outcome, Role, User, UserSession  # noqa: E402
+from server.db.review_tables import EventReview, ReviewDecision  # noqa: E402
 
 __all__ = [
-    "ApiToken", "AuditLog", "Clip", "Event", "EventStatus", "Explanation", "Job", "JobStatus", "LoginAttempt",
-    "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "Role", "User", "UserSession",
+    "ApiToken", "AuditLog", "Clip", "Event", "EventReview", "EventStatus", "Explanation", "Job", "JobStatus",
+    "LoginAttempt", "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "ReviewDecision", "Role",
+    "User", "UserSession",
 ]

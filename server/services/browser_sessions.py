@@ -2,13 +2,15 @@
 
 The cookie holds a random id; the table holds its sha256, so a copy of the database opens no session. Every
 sign-in gets a new id (the one the browser brought, if any, is revoked), which rules out session fixation.
+Rows that can never open a session again (past their end, idle too long, revoked) are deleted by
+``purge_sessions`` (``server.housekeeper`` runs it); sign-ins and sign-outs stay in the audit log.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from server.db.access_tables import User, UserSession
@@ -59,3 +61,12 @@ def end_session(*, session: Session, session_id: str) -> None:
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()
+
+
+def purge_sessions(*, session: Session, idle: timedelta, now: datetime | None = None) -> int:
+    """Delete every session that ``resolve_session`` would refuse whatever happens next: revoked, past its
+    absolute end, or idle for ``idle`` or longer (a later request cannot revive it). Returns how many."""
+    now = now or utcnow()
+    dead = or_(UserSession.revoked_at.is_not(None), UserSession.expires_at <= now,
+               UserSession.last_seen_at <= now - idle)
+    return session.execute(delete(UserSession).where(dead)).rowcount or 0

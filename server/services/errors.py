@@ -10,3 +10,8 @@ class NotFoundError(LookupError):
 
 class ConflictError(ValueError):
     """The request is valid but clashes with the record's state."""
+
+
+class InvalidInputError(ValueError):
+    """The request is well-formed but a value is not acceptable for this record (a label the event's model
+    does not have): a 422 that names what would be accepted."""

@@ -1,4 +1,4 @@
-"""Event rows: list with filters and cursor pagination, read, review."""
+"""Event rows: list with filters and cursor pagination, read, review, undo a review."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server.db.base import utcnow
 from server.db.tables import Event, EventStatus
 from server.schemas import ReviewIn
+from server.security.principal import Principal
 from server.services.errors import NotFoundError
+from server.services.reviews import record_review, undo_review
 
 
 def list_events(*, session: Session, limit: int, cursor: int | None = None, status: EventStatus | None = None,
@@ -44,13 +45,18 @@ def get_event(*, session: Session, event_id: int) -> Event:
     return event
 
 
-def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer: str) -> Event:
-    """Record a clinician's decision. A later review replaces an earlier one (the audit log keeps both)."""
+def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer: Principal) -> Event:
+    """Record a clinician's decision: appended to the event's review history (``server.services.reviews``),
+    which the event's status, label, note and reviewer then show."""
     event = get_event(session=session, event_id=event_id)
-    event.status = EventStatus(review.decision)
-    event.reviewed_label = review.label if review.decision == "relabelled" else None
-    event.note = review.note
-    event.reviewer = reviewer
-    event.reviewed_at = utcnow()
+    record_review(session=session, event=event, review=review, reviewer=reviewer)
+    session.flush()
+    return event
+
+
+def undo_event_review(*, session: Session, event_id: int, by: Principal) -> Event:
+    """Take back ``by``'s latest standing review of the event: it shows the review before (or is flagged)."""
+    event = get_event(session=session, event_id=event_id)
+    undo_review(session=session, event=event, by=by)
     session.flush()
     return event

@@ -11,6 +11,9 @@ still running. Of N simultaneous tries, the k-th to commit sees at least k-1 oth
 (``release_attempt``), so hammering a locked account does not keep it locked for ever; a try that succeeds is
 marked so (``mark_succeeded``).
 
+Tries older than the window count for nothing, so ``purge_attempts`` deletes them (``server.housekeeper``
+runs it); the audit log keeps its own entry of every sign-in try.
+
 The per-address limit is separate and higher than the per-username one: a whole hospital behind one NAT
 address shares it, and one clinician mistyping a password must not lock out the ward.
 """
@@ -93,3 +96,9 @@ def release_attempt(*, factory: sessionmaker[Session], attempt_id: int) -> None:
 
 def mark_succeeded(*, session: Session, attempt_id: int) -> None:
     session.execute(update(LoginAttempt).where(LoginAttempt.id == attempt_id).values(succeeded=True))
+
+
+def purge_attempts(*, session: Session, window: timedelta, now: datetime | None = None) -> int:
+    """Delete the tries that ``retry_after`` no longer counts (older than ``window``). Returns how many."""
+    now = now or utcnow()
+    return session.execute(delete(LoginAttempt).where(LoginAttempt.at <= now - window)).rowcount or 0

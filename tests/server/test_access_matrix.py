@@ -46,6 +46,8 @@ ROUTES = {
     ("GET", "/api/v1/events"): ("read_events", None),
     ("GET", "/api/v1/events/{event_id}"): ("read_events", None),
     ("POST", "/api/v1/events/{event_id}/review"): ("review", {"decision": "confirmed"}),
+    ("POST", "/api/v1/events/{event_id}/review/undo"): ("review", None),  # auditors and admins cannot undo either
+    ("GET", "/api/v1/events/{event_id}/reviews"): ("read_events", None),
     ("GET", "/api/v1/events/{event_id}/explanations"): ("read_events", None),
     ("GET", "/api/v1/events/{event_id}/keyframe.png"): ("read_events", None),
     ("GET", "/api/v1/events/{event_id}/clip.mp4"): ("read_events", None),

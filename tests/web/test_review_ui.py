@@ -140,3 +140,38 @@ def test_sign_in_is_throttled_with_a_clear_message(tmp_path: Path, page: Page) -
         page.get_by_role("button", name="Sign in").click()
         expect(page.locator("#signin-message")).to_have_text("Too many failed sign-ins. Try again in 15 minutes.")
         expect(page.locator("#signin")).to_be_visible()
+
+
+def test_relabel_history_and_undo_in_the_browser(live_server: tuple[str, dict[str, str]], page: Page) -> None:
+    """The relabel list offers the classes of the event's model; each decision appears in the history; the
+    clinician's own latest review can be undone (button or ``u``), back to the decision before, then to flagged."""
+    base, headers = live_server
+    page.goto(base)
+    sign_in(page, "test-clinician")
+    page.locator(".event-item").first.click()
+    first = httpx.get(f"{base}/api/v1/events", headers=headers).json()["data"][0]
+    classes = httpx.get(f"{base}/api/v1/models", headers=headers).json()[0]["class_names"]
+    expect(page.locator("#relabel-label option")).to_have_count(len(classes))
+    expect(page.locator("#undo")).to_be_hidden()  # nothing of this clinician's to undo yet
+    expect(page.locator("#history-count")).to_have_text("0")
+
+    other = next(c for c in classes if c != first["label"])
+    page.select_option("#relabel-label", other)
+    page.click("#relabel")
+    expect(page.locator("#review-status")).to_have_text("Saved: relabelled")
+    page.click("#confirm")
+    expect(page.locator("#review-status")).to_have_text("Saved: confirmed")
+    expect(page.locator("#history-count")).to_have_text("2")
+    expect(page.locator("#undo")).to_be_visible()
+
+    page.keyboard.press("u")
+    expect(page.locator("#review-status")).to_have_text("Undone: now relabelled")
+    expect(page.locator("#history-list li.undone")).to_have_count(1)
+    expect(page.locator("#history-list li").first).to_contain_text("undone by test-clinician")
+    now = httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()
+    assert (now["status"], now["reviewed_label"]) == ("relabelled", other)
+    page.click("#undo")
+    expect(page.locator("#review-status")).to_have_text("Undone: now flagged")
+    expect(page.locator("#undo")).to_be_hidden()
+    expect(page.locator("#history-list li.undone")).to_have_count(2)
+    assert httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()["status"] == "flagged"

@@ -1,4 +1,4 @@
-"""Events: the review queue, one event, a clinician's review, explanations and their media."""
+"""Events: the review queue, one event, a clinician's review (its history, undo), explanations and their media."""
 
 from __future__ import annotations
 
@@ -13,9 +13,18 @@ from server.api.deps import SessionDep, SettingsDep
 from server.api.params import CursorQuery, IdPath, IdQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import Event, EventStatus, Explanation
-from server.schemas import EventPublic, EventsPublic, ExplanationPublic, ExplanationsPublic, ReviewIn
+from server.schemas import (
+    EventPublic,
+    EventReviewPublic,
+    EventReviewsPublic,
+    EventsPublic,
+    ExplanationPublic,
+    ExplanationsPublic,
+    ReviewIn,
+)
 from server.services.errors import NotFoundError
-from server.services.events import get_event, list_events, review_event
+from server.services.events import get_event, list_events, review_event, undo_event_review
+from server.services.reviews import list_reviews
 
 router = APIRouter(tags=["events"])
 API = "/api/v1"
@@ -63,14 +72,37 @@ def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> Ev
     return event_public(get_event(session=session, event_id=event_id))
 
 
-@router.post("/events/{event_id}/review", response_model=EventPublic)
+@router.post("/events/{event_id}/review", response_model=EventPublic,
+             responses={422: {"description": "bad input, or a relabel to a label the event's model does not have"}})
 def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> EventPublic:
-    """Confirm, reject or relabel a flagged event (a later review replaces an earlier one). The reviewer is
-    the signed-in clinician."""
+    """Confirm, reject or relabel an event. Each review is added to the event's history
+    (``GET .../reviews``); the event shows the latest one. A relabel names one of the classes of the model
+    version that flagged the event. The reviewer is the signed-in clinician."""
     # the trail names the decision and label; the note is free text (it may hold patient details), so not
     access.note(detail=f"decision={review.decision}" + (f" label={review.label}" if review.label else ""))
     return event_public(review_event(session=session, event_id=event_id, review=review,
-                                     reviewer=access.principal.username))
+                                     reviewer=access.principal))
+
+
+@router.post("/events/{event_id}/review/undo", response_model=EventPublic,
+             responses={409: {"description": "no review to undo, or the latest review is someone else's"}})
+def post_review_undo(session: SessionDep, access: Review, event_id: IdPath) -> EventPublic:
+    """Take back your latest review of the event, if it is still the event's latest: the event returns to
+    the review before it (or to flagged). The history keeps the undone review, marked undone."""
+    event = undo_event_review(session=session, event_id=event_id, by=access.principal)
+    access.note(detail=f"undid decision; now status={event.status.value}"
+                       + (f" label={event.reviewed_label}" if event.reviewed_label else ""))
+    return event_public(event)
+
+
+@router.get("/events/{event_id}/reviews", response_model=EventReviewsPublic)
+def read_reviews(session: SessionDep, _access: ReadEvents, event_id: IdPath,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: CursorQuery = None) -> EventReviewsPublic:
+    """The event's review history, newest first, undone reviews included (marked ``undone_at``)."""
+    page, total = list_reviews(session=session, event_id=event_id, limit=limit, cursor=cursor)
+    next_cursor = page[-1].id if len(page) == limit else None
+    return EventReviewsPublic(data=[EventReviewPublic.model_validate(r) for r in page], count=total,
+                              next_cursor=next_cursor)
 
 
 @router.get("/events/{event_id}/explanations", response_model=ExplanationsPublic)
