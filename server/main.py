@@ -21,7 +21,7 @@ from server import __version__
 from server.api.auditing import API_PREFIX, record_refusal
 from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
 from server.api.request_id import RequestIdMiddleware
-from server.api.routes import audit, events, finetune, health, jobs, recordings, session, users
+from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users
 from server.api.security import unguarded_routes
 from server.bootstrap import ensure_active_model, open_database
 from server.db.session import session_scope
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unacceptable(request: Request, exc: InvalidInputError) -> Response:
         return await refused(request, 422, str(exc)) or JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    for module in (health, session, recordings, events, jobs, finetune, audit, users):
+    for module in (health, session, recordings, events, jobs, finetune, audit, users, fhir):
         app.include_router(module.router, prefix=API_PREFIX)
     if missing := unguarded_routes(app.routes):
         raise RuntimeError(f"API routes without a Guard or Public dependency: {missing}")

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     review_clip_post_seconds: float = Field(default=2.0, ge=0, description="and ends this late")
     explain_methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
 
+    fhir_system_base: str = Field(
+        default="https://wardwatch.example.org/fhir",
+        description="FHIR export: base of this installation's code systems and identifier systems (docs/fhir.md); "
+                    "give each installation its own so their identifiers never collide")
+    fhir_label_system: str | None = Field(
+        default=None, description="FHIR export: code system of the event labels; default "
+                                  "<fhir_system_base>/CodeSystem/event-label")
+
     @field_validator("trusted_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -103,6 +111,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("fhir_system_base", "fhir_label_system")
+    @classmethod
+    def _absolute_uri(cls, value: str | None) -> str | None:
+        """A FHIR ``system`` is an absolute URI; a relative one would make every exported code ambiguous."""
+        if value is not None and not value.startswith(("https://", "http://", "urn:")):
+            raise ValueError(f"{value!r} is not an absolute URI (https://..., http://... or urn:...)")
+        return value.rstrip("/") if value is not None else None
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -18,6 +18,8 @@ API_PREFIX = "/api/v1"
 OBJECT_TYPES = {"recordings": "recording", "events": "event", "explanations": "explanation",
                 "models": "model_version", "jobs": "job", "finetune-jobs": "job", "audit": "audit_log",
                 "session": "session", "users": "user", "tokens": "api_token"}
+# Under /fhir the record type follows from the FHIR resource asked for.
+FHIR_OBJECT_TYPES = {"Bundle": "event", "AuditEvent": "audit_log"}
 _PARAM = re.compile(r"{(\w+)")
 
 
@@ -35,8 +37,14 @@ def audit_target(request: Request) -> AuditTarget:
     params = _PARAM.findall(template)
     object_id = str(request.path_params[params[0]]) if params and params[0] in request.path_params else None
     return AuditTarget(action=getattr(route, "name", None) or request.method.lower(),
-                       object_type=OBJECT_TYPES.get(segments[0]), object_id=object_id,
+                       object_type=_object_type(segments), object_id=object_id,
                        detail=request.url.query or None)
+
+
+def _object_type(segments: list[str]) -> str | None:
+    if segments[0] == "fhir" and len(segments) > 1:
+        return FHIR_OBJECT_TYPES.get(segments[1])
+    return OBJECT_TYPES.get(segments[0])
 
 
 def record_refusal(request: Request, factory: sessionmaker[Session], status_code: int, detail: str) -> None:

@@ -47,6 +47,25 @@ def audit_entry(*, principal: Principal | None, target: AuditTarget, info: Reque
     )
 
 
+DETAIL_LENGTH = 256  # audit_log.detail
+
+
+def listing_detail(head: str, ids: Sequence[object], limit: int = DETAIL_LENGTH) -> str:
+    """``head: 1,2,3`` with as many ids as fit in ``limit`` characters, then ``(+N more)``: an entry lists what a
+    request returned when it can, and always says how much."""
+    pieces: list[str] = []
+    used = len(head)
+    for number, item in enumerate(ids):
+        piece = (": " if number == 0 else ",") + str(item)
+        left = len(ids) - number - 1
+        if used + len(piece) + (len(f" (+{left} more)") if left else 0) > limit:
+            pieces.append(f" (+{len(ids) - number} more)")
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return (head + "".join(pieces))[:limit]
+
+
 def record(*, session: Session, entry: AuditLog) -> AuditLog:
     """Add ``entry`` to the caller's transaction: it commits (or rolls back) with the action it records."""
     session.add(entry)

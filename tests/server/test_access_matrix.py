@@ -59,6 +59,8 @@ ROUTES = {
     ("GET", "/api/v1/models"): ("read_models", None),
     ("POST", "/api/v1/finetune-jobs"): ("manage_models", {"hyperparameters": {"epochz": 1}}),
     ("GET", "/api/v1/audit"): ("read_audit", None),
+    ("GET", "/api/v1/fhir/Bundle"): ("read_events", None),
+    ("GET", "/api/v1/fhir/AuditEvent"): ("read_audit", None),
     ("GET", "/api/v1/users"): ("manage_users", None),
     ("POST", "/api/v1/users"): ("manage_users", {}),
     ("POST", "/api/v1/users/{username}/disable"): ("manage_users", None),
@@ -181,4 +183,6 @@ def test_out_of_range_ids_are_422_never_500(app_and_rows) -> None:  # type: igno
     for query in ("cursor", "recording"):
         assert client.get("/api/v1/events", params={query: huge}, headers=headers).status_code == 422
     assert client.get("/api/v1/audit", params={"cursor": huge}, headers=headers).status_code == 422
+    for fhir in ("/api/v1/fhir/Bundle", "/api/v1/fhir/AuditEvent"):
+        assert client.get(fhir, params={"_cursor": huge}, headers=headers).status_code == 422
     assert client.post("/api/v1/finetune-jobs", json={"base_model_id": 2**63}, headers=headers).status_code == 422
