@@ -8,6 +8,7 @@ numpy arrays and dataclasses out. The server imports it; it imports nothing of t
   resumable at any clip index (``start_index``).
 - :func:`ingest.stream.iter_stream_clips` -- the same from a live rtsp/rtmp/http(s)/udp/tcp stream,
   with reconnects and outage gaps.
+- :class:`ingest.destinations.DestinationPolicy` -- which stream hosts a reader may connect to (SSRF guard).
 - :class:`ingest.watch.WatchFolder` -- new, completely written files of a folder, each offered once.
 - :func:`ingest.paths.resolve_import_path` -- server-side import paths, confined to the import directory.
 - :func:`ingest.export.export_clip` -- browser-playable H.264 review clip of an event.
@@ -18,7 +19,16 @@ numpy arrays and dataclasses out. The server imports it; it imports nothing of t
 
 from ingest.clips import Clip, ClipSpec, IngestReport, iter_clips
 from ingest.decode import iter_frames, read_frame, read_frames
-from ingest.errors import DecodeError, IngestError, InvalidVideoError, StreamError, UnsafePathError
+from ingest.destinations import DestinationPolicy
+from ingest.errors import (
+    DecodeError,
+    DestinationRefused,
+    DestinationUnresolved,
+    IngestError,
+    InvalidVideoError,
+    StreamError,
+    UnsafePathError,
+)
 from ingest.export import export_clip
 from ingest.paths import resolve_import_path
 from ingest.probe import VideoInfo, probe
@@ -30,6 +40,9 @@ __all__ = [
     "Clip",
     "ClipSpec",
     "DecodeError",
+    "DestinationPolicy",
+    "DestinationRefused",
+    "DestinationUnresolved",
     "IngestError",
     "IngestReport",
     "InvalidVideoError",

@@ -34,6 +34,21 @@ class StreamError(DecodeError):
     """
 
 
+class DestinationRefused(InvalidVideoError, ValueError):
+    """A stream URL names a destination the :class:`ingest.destinations.DestinationPolicy` refuses (a loopback,
+    link-local, metadata, multicast or reserved address, or one outside the allow-list).
+
+    The message names the host, the address and the rule, never the URL's credentials or query.
+    """
+
+
+class DestinationUnresolved(IngestError):
+    """A stream host name did not resolve, so its addresses could not be checked.
+
+    At submission it is a refusal; before a reconnect it is one failed attempt (DNS may be back next time).
+    """
+
+
 class UnsafePathError(InvalidVideoError, ValueError):
     """A server-side import path points outside the import directory (``..``, absolute path, symlink).
 

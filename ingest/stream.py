@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from types import MappingProxyType
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -31,19 +31,26 @@ from ingest._decoding import ErrorLog, decode
 from ingest._media import frame_rate, frame_to_rgb, rotation_from_frame, rotation_from_metadata, video_stream
 from ingest._timeline import Timeline
 from ingest.clips import Clip, ClipSpec, build_clip, cutter_for
-from ingest.errors import InvalidVideoError, StreamError
+from ingest.destinations import DestinationPolicy
+from ingest.errors import DestinationUnresolved, InvalidVideoError, StreamError
 from ingest.report import IngestReport
+from ingest.stream_urls import ALLOWED_SCHEMES, redact_url, scrub, validate_stream_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALLOWED_SCHEMES", "ReconnectPolicy", "StreamSpec", "iter_stream_clips", "redact_url", "validate_stream_url"]
+__all__ = [
+    "ALLOWED_SCHEMES", "DEFAULT_FORMATS", "ReconnectPolicy", "StreamSpec", "iter_stream_clips", "redact_url", "scrub",
+    "validate_stream_url",
+]
 
-ALLOWED_SCHEMES: tuple[str, ...] = ("rtsp", "rtmp", "http", "https", "udp", "tcp")
 # Protocols FFmpeg may open *underneath* the URL (an HLS playlist over http may name its segments with
 # any URL, including file:// -- a classic way to read server files through a "stream").
 _PROTOCOL_WHITELIST = "tcp,udp,rtp,http,https,tls,rtmp,rtmps,rtmpt,crypto,httpproxy"
-# Query parameters that would turn the client into a server or make FFmpeg write instead of read.
-_FORBIDDEN_QUERY = frozenset({"listen", "listen_timeout"})
+# Demuxers a stream may be read with (FFmpeg's ``format_whitelist``). Left out on purpose: those that open more
+# URLs named *inside* the stream -- HLS and DASH playlists, ffconcat scripts, SDP files -- because those URLs
+# would reach hosts the destination policy never saw.
+DEFAULT_FORMATS: tuple[str, ...] = ("rtsp", "mpegts", "flv", "live_flv", "mjpeg", "mpjpeg", "h264", "hevc",
+                                    "matroska", "mov")
 # At most this many "stream dropped" messages in report.errors; later outages only add gaps.
 _MAX_DROP_MESSAGES = 20
 
@@ -89,6 +96,9 @@ class StreamSpec:
         rtsp_transport: ``"tcp"`` (default: survives NAT and packet loss) or ``"udp"``.
         options: extra FFmpeg demuxer/protocol options (e.g. ``{"probesize": "500000"}``), applied last.
         max_pixels: refuse streams whose pictures exceed this many pixels (as :func:`ingest.probe.probe`).
+        formats: the demuxers the stream may be read with (:data:`DEFAULT_FORMATS`); None: any.
+        follow_redirects: let http(s) follow redirects. Off by default: the redirect's target was never
+            checked by the destination policy.
     """
 
     url: str
@@ -97,55 +107,26 @@ class StreamSpec:
     rtsp_transport: str = "tcp"
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     max_pixels: int = 8192 * 4320
+    formats: tuple[str, ...] | None = DEFAULT_FORMATS
+    follow_redirects: bool = False
 
     def ffmpeg_options(self) -> dict[str, str]:
         """Container/protocol options for :func:`av.open` (timeouts in microseconds, as FFmpeg wants)."""
         scheme = urlsplit(self.url).scheme.lower()
         micros = str(int(self.read_timeout * 1_000_000))
         opts = {"protocol_whitelist": _PROTOCOL_WHITELIST}
-        if scheme == "rtsp":
+        if self.formats is not None:
+            opts["format_whitelist"] = ",".join(self.formats)
+        if scheme in ("rtsp", "rtsps"):
             opts.update(rtsp_transport=self.rtsp_transport, timeout=micros)
         else:
             opts["rw_timeout"] = micros
             if scheme in ("tcp", "udp", "http", "https"):
                 opts["timeout"] = micros
+            if scheme in ("http", "https") and not self.follow_redirects:
+                opts["max_redirects"] = "0"
         opts.update({str(k): str(v) for k, v in self.options.items()})
         return opts
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages, logs and the database)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def validate_stream_url(url: str) -> str:
-    """Return ``url`` if it is a stream URL we may open, else raise :class:`InvalidVideoError`.
-
-    Refused: any scheme but rtsp/rtmp/http/https/udp/tcp (``file://``, ``concat:``, ``pipe:``, ...), a
-    missing host, control characters, and ``listen`` options that would make the server accept
-    connections instead of reading a stream.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidVideoError("stream URL is empty")
-    if any(ord(ch) < 32 or ch.isspace() for ch in url):
-        raise InvalidVideoError("stream URL contains whitespace or control characters")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        shown = scheme or "none"
-        raise InvalidVideoError(f"unsupported stream URL scheme {shown!r}: use one of {', '.join(ALLOWED_SCHEMES)}")
-    if scheme != "udp" and not parts.hostname:
-        raise InvalidVideoError(f"stream URL has no host: {redact_url(url)}")
-    if any(key.lower() in _FORBIDDEN_QUERY for key, _ in parse_qsl(parts.query, keep_blank_values=True)):
-        raise InvalidVideoError("stream URL must not ask to listen for connections")
-    return url
 
 
 def iter_stream_clips(
@@ -156,6 +137,7 @@ def iter_stream_clips(
     stop: threading.Event | None = None,
     reconnect: ReconnectPolicy | None = None,
     report: IngestReport | None = None,
+    destinations: DestinationPolicy | None = None,
 ) -> Iterator[Clip]:
     """Yield clips of a live stream as they complete, until ``stop`` is set.
 
@@ -168,13 +150,17 @@ def iter_stream_clips(
             wait at once, and while a stream is stalled within ``read_timeout``.
         reconnect: backoff policy (default :class:`ReconnectPolicy()`: retry forever, 1 s to 30 s).
         report: receives frames, duration, gaps (outages and lost frames, in recording seconds) and errors.
+        destinations: checked before *every* connection attempt, the first and each reconnect, so a host
+            name re-pointed at a refused address is caught at the next connection (DNS rebinding). A refused
+            destination ends the iteration at once; a name that does not resolve is one failed attempt.
 
     Raises:
         InvalidVideoError: bad URL, or the stream is not acceptable video (no video stream, absurd size).
+        DestinationRefused: ``destinations`` refused the host or one of its addresses.
         StreamError: ``reconnect.max_attempts`` consecutive attempts failed.
     """
     stream_spec = source if isinstance(source, StreamSpec) else StreamSpec(url=source)
-    validate_stream_url(stream_spec.url)
+    validate_stream_url(stream_spec.url, destinations.schemes if destinations is not None else ALLOWED_SCHEMES)
     session = _Session(
         stream_spec,
         spec,
@@ -182,6 +168,7 @@ def iter_stream_clips(
         stop or threading.Event(),
         reconnect or ReconnectPolicy(),
         report if report is not None else IngestReport(),
+        destinations,
     )
     yield from session.run()
 
@@ -197,8 +184,10 @@ class _Session:
         stop: threading.Event,
         policy: ReconnectPolicy,
         report: IngestReport,
+        destinations: DestinationPolicy | None = None,
     ) -> None:
         self.stream_spec = stream_spec
+        self.destinations = destinations
         self.spec = spec
         self.name = redact_url(stream_spec.url)
         self.started_at = started_at.replace(tzinfo=UTC) if started_at and started_at.tzinfo is None else started_at
@@ -220,13 +209,18 @@ class _Session:
             try:
                 # The connection time anchors this connection's first frame: taken *before* opening,
                 # because opening reads (and buffers) up to a few seconds of the stream to probe it.
+                if self.destinations is not None:
+                    self.destinations.check(self.stream_spec.url)
                 connected = time.time()
                 container = self._connect()
             except InvalidVideoError:
                 raise
-            except (av.FFmpegError, OSError) as exc:
+            except (av.FFmpegError, OSError, DestinationUnresolved) as exc:
                 failures += 1
                 last_error = self._scrub(str(exc))
+                if isinstance(exc, av.ArgumentError) and self.stream_spec.formats is not None:
+                    # FFmpeg says only "Invalid argument" when the probed format is not on the whitelist.
+                    last_error += f" (a stream format other than {', '.join(self.stream_spec.formats)}?)"
                 log.info("%s: connection attempt %d failed: %s", self.name, failures, last_error)
             else:
                 with container:
@@ -364,8 +358,8 @@ class _Session:
             self.errors.add(f"stream dropped{where} ({reason}); reconnecting")
 
     def _scrub(self, text: str) -> str:
-        """``text`` without the URL's password (FFmpeg errors quote the URL they failed on)."""
-        return text.replace(self.stream_spec.url, self.name)
+        """``text`` without the URL's secrets (FFmpeg errors quote the URL they failed on)."""
+        return scrub(text, self.stream_spec.url)
 
     def _wall_origin(self) -> datetime | None:
         assert self.anchor is not None

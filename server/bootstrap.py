@@ -23,7 +23,7 @@ def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     """This process's engine; embedded mode (or WARDWATCH_AUTO_MIGRATE) brings the schema to head first."""
     settings.ensure_dirs()
     if settings.auto_migrate:
-        migrate.upgrade(settings.sqlalchemy_url)
+        migrate.upgrade(settings.sqlalchemy_url, secret_box=settings.secret_box)
     engine = make_engine(settings.sqlalchemy_url)
     return engine, make_session_factory(engine)
 

@@ -1,4 +1,4 @@
-"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens, secret-key."""
+"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens, secret-key, streams."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server.cli_access import add_access_parsers
+from server.cli_streams import add_streams_parsers
 
 log = logging.getLogger("wardwatch")
 
@@ -84,11 +85,12 @@ def _db(args: argparse.Namespace) -> int:
     from server.db import migrate
     from server.settings import get_settings
 
-    url = get_settings().sqlalchemy_url
+    settings = get_settings()
+    url = settings.sqlalchemy_url
     if args.action == "upgrade":
-        migrate.upgrade(url, args.revision or "head")
+        migrate.upgrade(url, args.revision or "head", secret_box=settings.secret_box)
     elif args.action == "downgrade":
-        migrate.downgrade(url, args.revision or "-1")
+        migrate.downgrade(url, args.revision or "-1", secret_box=settings.secret_box)
     print(f"database at revision {_current(url)}")
     return 0
 
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_secret_key)
 
     add_access_parsers(sub)  # users, tokens, sessions (server/cli_access.py)
+    add_streams_parsers(sub)  # streams rekey (server/cli_streams.py)
     return parser
 
 

@@ -27,7 +27,7 @@ def _database() -> Iterator[object]:
     settings = get_settings()
     settings.ensure_dirs()
     if settings.auto_migrate:
-        migrate.upgrade(settings.sqlalchemy_url)
+        migrate.upgrade(settings.sqlalchemy_url, secret_box=settings.secret_box)
     engine = make_engine(settings.sqlalchemy_url)
     factory = make_session_factory(engine)
     try:

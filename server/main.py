@@ -31,6 +31,7 @@ from server.housekeeper import Housekeeper
 from server.model_cache import ModelCache
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
+from server.services.streams import end_interrupted_streams
 from server.settings import Settings, get_settings
 from server.watcher import FolderWatcher
 from server.worker.dispatch import Dispatcher, make_dispatcher
@@ -129,13 +130,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _resume_in_flight(context: WorkerContext, dispatcher: Dispatcher) -> None:
-    """Embedded mode: re-queue recordings that were queued or half-scored when the server stopped."""
+    """Embedded mode: re-queue recordings that were queued or half-scored when the server stopped (live streams
+    that were cut off end instead: see ``end_interrupted_streams``)."""
     with session_scope(context.session_factory) as session:
+        streams = end_interrupted_streams(session=session)
         stuck = session.scalars(
             select(Recording).where(Recording.status.in_([RecordingStatus.queued, RecordingStatus.ingesting]))
         ).all()
         resumed = []
         for recording in stuck:
+            if recording.id in streams:
+                continue
             job = Job(kind="score", recording_id=recording.id, params={"resumed": True}, status=JobStatus.queued)
             session.add(job)
             session.flush()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingest.stream_urls import MASK, redact_url
 from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, ReviewDecision, Role
 from server.security.permissions import Scope
+from server.security.secret_box import is_encrypted
 
 MAX_ID = 2**63 - 1  # database IDs are 64-bit
 MAX_NOTE = 4000  # characters of a review note
@@ -155,22 +156,15 @@ class ModelVersionPublic(_FromRow):
 
 
 def redact_url_secrets(url: str) -> str:
-    """``url`` without what may be a secret: the user-info (``user:password@``) and the query string (signed
-    URLs, ``?token=``) become ``***``; the scheme, host, port and path stay, so an admin can tell streams apart."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "***"
-    if not parts.scheme or not parts.netloc:
-        return url
-    host = f"[{host}]" if ":" in host else host
-    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    """``url`` without what may be a secret: the user-info (``user:password@``) becomes ``***@`` and every query
+    value ``***`` (signed URLs, ``?token=``); the scheme, host, port and path stay, so an admin can tell streams
+    apart. (One rule for the API, the recording's ``source`` and log lines: :func:`ingest.stream_urls.redact_url`.)"""
+    return redact_url(url)
 
 
 def _redacted(value: Any) -> Any:
+    if isinstance(value, str) and is_encrypted(value):
+        return MASK  # ciphertext is of no use to a reader of the API, and the key might leak one day
     if isinstance(value, str) and "://" in value:
         return redact_url_secrets(value)
     if isinstance(value, dict):
@@ -185,7 +179,8 @@ class JobPublic(_FromRow):
     kind: str
     status: JobStatus
     progress: float
-    params: dict = Field(description="the job's parameters; URLs without credentials or query strings")
+    params: dict = Field(description="the job's parameters; URLs without credentials or query values, encrypted "
+                                     "values (a stream's URL) as ***")
     result: dict | None
     error: str | None
     recording_id: int | None
@@ -196,7 +191,7 @@ class JobPublic(_FromRow):
     @field_validator("params", mode="after")
     @classmethod
     def _no_url_secrets(cls, params: dict) -> dict:
-        """The job row keeps the full stream URL (the worker opens it); nobody reads it back over the API."""
+        """The job row keeps the stream URL encrypted (the worker opens it); nobody reads it back over the API."""
         return _redacted(params)
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ingest.destinations import DestinationPolicy
+from ingest.stream import ReconnectPolicy
 from server.security.secret_box import SecretBox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +42,18 @@ class Settings(BaseSettings):
     watch_dir: Path | None = Field(default=None, description="new video files here are ingested once")
     watch_interval: float = 5.0
     watch_settle_seconds: float = 5.0
-    stream_max_reconnects: int | None = Field(default=None, description="None: reconnect forever")
+    stream_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="where live streams may connect: CIDRs (10.20.0.0/16, 127.0.0.1/32), host names and *.domain "
+                    "patterns, comma-separated or JSON; empty: any address but loopback, link-local (cloud "
+                    "metadata), unspecified, multicast and reserved ones, which only a network entry inside "
+                    "them allows (docs/streams.md)")
+    stream_max_reconnects: int = Field(
+        default=20, ge=0, description="consecutive failed connection attempts before a stream job fails; "
+                                      "0: retry forever (an explicit choice)")
+    stream_backoff_initial_seconds: float = Field(default=1.0, ge=0, description="first wait between attempts")
+    stream_backoff_max_seconds: float = Field(default=30.0, ge=0, description="cap of the doubling wait")
+    max_streams: int = Field(default=8, ge=1, description="live streams read at once; one more gets 429")
     filename_time_pattern: str | None = Field(
         default=None, description="strftime pattern of the start time in file names, e.g. %Y%m%d_%H%M%S (UTC)")
     admin_token: str | None = Field(default=None, description="retired: refused at start-up (see _retired)")
@@ -105,6 +118,18 @@ class Settings(BaseSettings):
             return [f"[{host}]" if ":" in host and not host.startswith("[") else host for host in hosts]
         return value
 
+    @field_validator("stream_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        """``a,b`` or a JSON list; every entry must parse (a typo must not silently allow nothing or more)."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, list | tuple):
+            entries = [str(entry).strip() for entry in value if str(entry).strip()]
+            DestinationPolicy.parse(entries)
+            return entries
+        return value
+
     @field_validator("secret_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -123,6 +148,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Settings:
+        if self.stream_backoff_max_seconds < self.stream_backoff_initial_seconds:
+            raise ValueError("stream_backoff_max_seconds must be at least stream_backoff_initial_seconds")
         return self
 
     @model_validator(mode="after")
@@ -157,6 +188,17 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    def stream_destinations(self) -> DestinationPolicy:
+        """Where stream readers may connect (checked at submission and before every connection)."""
+        return DestinationPolicy.parse(self.stream_allowed_networks,
+                                       allow_list_name="WARDWATCH_STREAM_ALLOWED_NETWORKS")
+
+    def stream_reconnect(self) -> ReconnectPolicy:
+        """Bounded by default: ``stream_max_reconnects`` consecutive failures end the stream job."""
+        return ReconnectPolicy(initial_delay=self.stream_backoff_initial_seconds,
+                               max_delay=self.stream_backoff_max_seconds,
+                               max_attempts=self.stream_max_reconnects or None)
 
     def secret_box(self) -> SecretBox:
         """The encrypter of secrets at rest (raises :class:`SecretKeyMissing` in production without keys)."""

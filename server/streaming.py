@@ -1,6 +1,7 @@
 """Live streams: ``POST /recordings {"url": ...}`` -> clips committed as they complete -> events as they close.
 
-The stream is read by ``ingest.stream.iter_stream_clips`` (reconnects with backoff; each outage is a gap). Each
+The stream is read by ``ingest.stream.iter_stream_clips`` (reconnects with a bounded, doubling backoff; each
+outage is a gap; the destination policy is checked before every connection; docs/streams.md). Each
 clip is scored and committed at once. An event is stored as soon as it can no longer grow (its end lies more
 than the merge gap behind the newest clip), with explanations rendered from the clip frames kept in memory:
 a stream's frames are not on disk to be read again, so live events have no review clip. Stopping is a status
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from collections import deque
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import numpy as np
 
 from ingest.clips import Clip as IngestClip
 from ingest.clips import IngestReport
-from ingest.stream import ReconnectPolicy, iter_stream_clips
+from ingest.errors import IngestError
+from ingest.stream import StreamSpec, iter_stream_clips, scrub
 from model.events import detect_events
 from model.inference import ClipScorer
 from server.db.base import utcnow
@@ -34,11 +37,14 @@ from server.pipeline import (
     record_clip,
     store_event,
 )
+from server.security.secret_box import SecretUnreadable
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
+from server.services.streams import STREAM_KIND, stream_url
+
+__all__ = ["STREAM_KIND", "refuse_stream", "run_stream"]
 
 log = logging.getLogger(__name__)
-STREAM_KIND = "stream"
 #: clips kept in memory to explain events after they close (frames are small: model input size).
 FRAME_BUFFER_CLIPS = 256
 
@@ -52,7 +58,12 @@ def _watch_for_stop(ctx: WorkerContext, job_id: int, stop: threading.Event) -> N
 
 
 def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
-    """Ingest and score the live stream of ``recording_id`` until stopped (or its reconnect budget runs out)."""
+    """Ingest and score the live stream of ``recording_id`` until stopped (or its reconnect budget runs out).
+
+    The URL is decrypted here, just before the stream is opened, and lives only in this call's variables and
+    the reader; every message that leaves (job and recording errors, warnings, logs) is scrubbed of it. The
+    destination policy is checked again before every connection (DNS rebinding).
+    """
     with session_scope(ctx.session_factory) as session:
         job = session.get(Job, job_id)
         recording = session.get(Recording, recording_id)
@@ -60,43 +71,68 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
         if job is None or recording is None or job.status != JobStatus.queued or version is None:
             return
         job.status, job.started_at = JobStatus.running, utcnow()
-        url, started_at = job.params["url"], recording.started_at or utcnow()
+        started_at = recording.started_at or utcnow()
         recording.started_at = started_at
         version_id, class_names = version.id, list(version.class_names)
-        loaded = ctx.models.get(version)
-    stop = threading.Event()
-    threading.Thread(target=_watch_for_stop, args=(ctx, job_id, stop), daemon=True).start()
-    report = IngestReport()
+        unreadable = "the stream could not start"
+        url: str | None
+        try:
+            url = stream_url(settings=ctx.settings, job=job)
+        except SecretUnreadable as exc:
+            url = None
+            unreadable = f"{exc} (WARDWATCH_SECRET_KEYS): the stream URL cannot be read; start the stream again"
+        loaded = ctx.models.get(version) if url is not None else None
     run = ScoreRun()
+    report = IngestReport()
+    if url is None or loaded is None:
+        _finish(ctx, recording_id, job_id, run, report, unreadable, url=None)
+        return
+    stop = threading.Event()
+    threading.Thread(target=_watch_for_stop, args=(ctx, job_id, stop), daemon=True,
+                     name=f"wardwatch-stopwatch-{recording_id}").start()
     frames: deque[tuple[int, IngestClip]] = deque(maxlen=FRAME_BUFFER_CLIPS)
     emitted: set[tuple[str, float]] = set()
     rule = event_rule(ctx.settings)
     scorer = ClipScorer(loaded, batch_size=1)  # latency over throughput: score each clip as it completes
-    reconnect = ReconnectPolicy(max_attempts=ctx.settings.stream_max_reconnects)
     error: str | None = None
     try:
-        clips = iter_stream_clips(url, clip_spec_for(loaded, ctx.settings), started_at=started_at, stop=stop,
-                                  reconnect=reconnect, report=report)
+        clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,
+                                  stop=stop, reconnect=ctx.settings.stream_reconnect(), report=report,
+                                  destinations=ctx.settings.stream_destinations())
         for clip, probs in scorer.score(clips):
             position = len(run.starts)
             frames.append((position, clip))
             flush_clips(ctx, [record_clip(run, clip, probs, recording_id, version_id, class_names)], job_id, 0.0)
             _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule,
                          final=False, loaded=loaded)
+    except IngestError as exc:  # the stream's own end: refused destination, budget spent, not video
+        error = scrub(str(exc), url)
+        log.warning("stream of recording %s ended: %s", recording_id, error)
     except Exception as exc:  # noqa: BLE001 - the reason must land on the recording
-        log.exception("stream of recording %s failed", recording_id)
-        error = str(exc)
+        error = scrub(str(exc), url)
+        log.error("stream of recording %s failed: %s", recording_id,
+                  scrub("".join(traceback.format_exception(exc)), url))
     finally:
         stop.set()
     _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule, final=True,
                  loaded=loaded)
+    _finish(ctx, recording_id, job_id, run, report, error, url=url)
+
+
+def _finish(ctx: WorkerContext, recording_id: int, job_id: int, run: ScoreRun, report: IngestReport,
+            error: str | None, *, url: str | None) -> None:
+    """Write the outcome on the recording and the job (messages scrubbed of the URL's secrets)."""
+    def clean(text: str) -> str:
+        return scrub(text, url) if url is not None else text
+
     with session_scope(ctx.session_factory) as session:
         recording = session.get(Recording, recording_id)
         job = session.get(Job, job_id)
         assert recording is not None and job is not None
         recording.clip_count = len(run.starts)
         recording.duration = run.ends[-1] if run.ends else 0.0
-        recording.warnings = [*report.errors, *(f"stream gap {a:.1f}-{b:.1f} s" for a, b in report.gaps)]
+        recording.warnings = [*(clean(e) for e in report.errors),
+                              *(f"stream gap {a:.1f}-{b:.1f} s" for a, b in report.gaps)]
         if error is not None and not run.starts:
             mark_failed(recording=recording, reason=error)
         else:
@@ -107,6 +143,15 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
         job.status = JobStatus.succeeded if cancelled or error is None else JobStatus.failed
         job.error, job.finished_at, job.progress = error, utcnow(), 1.0
         job.result = {"clips": len(run.starts), "gaps": [list(g) for g in report.gaps], "stopped": cancelled}
+
+
+def refuse_stream(ctx: WorkerContext, recording_id: int, job_id: int, reason: str) -> None:
+    """End a stream job that could not get a reader (the embedded pool is full)."""
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status not in (JobStatus.queued, JobStatus.running):
+            return
+    _finish(ctx, recording_id, job_id, ScoreRun(), IngestReport(), reason, url=None)
 
 
 def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_names: list[str], started_at,  # type: ignore[no-untyped-def]

@@ -15,3 +15,7 @@ class ConflictError(ValueError):
 class InvalidInputError(ValueError):
     """The request is well-formed but a value is not acceptable for this record (a label the event's model
     does not have): a 422 that names what would be accepted."""
+
+
+class CapacityError(RuntimeError):
+    """A bounded resource is full (the live stream readers): the request is refused now and may succeed later."""

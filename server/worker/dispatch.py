@@ -10,7 +10,7 @@ from typing import Protocol
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.settings import Settings
-from server.streaming import run_stream
+from server.streaming import refuse_stream, run_stream
 from server.worker.app import (
     FINETUNE,
     INFERENCE_QUEUE,
@@ -40,8 +40,14 @@ class Dispatcher(Protocol):
 class EmbeddedDispatcher:
     """Runs the task functions in this process, one recording at a time by default (CPU-bound)."""
 
-    def __init__(self, context: WorkerContext, workers: int = 1) -> None:
+    #: how long a new stream waits for a reader slot that a finishing stream is about to give back
+    STREAM_SLOT_WAIT = 5.0
+
+    def __init__(self, context: WorkerContext, workers: int = 1, max_streams: int = 8) -> None:
         self._context = context
+        # Live streams run until stopped, so each holds a thread of its own, but never more than max_streams:
+        # the API admits streams by counting live stream jobs, and this is the hard bound on threads behind it.
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wardwatch-worker")
         # Training gets its own thread so a long fine-tune never holds up scoring (the `training` queue).
         self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardwatch-training")
@@ -59,10 +65,23 @@ class EmbeddedDispatcher:
         return None
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
-        # One thread per live stream: it runs until stopped, so it must not hold a pool slot.
-        threading.Thread(target=run_stream, args=(self._context, recording_id, job_id), daemon=True,
+        # One thread per live stream (it runs until stopped, so it must not hold a scoring pool slot), from a
+        # bounded set of slots. The slot is free again once the stream's outcome is committed.
+        if not self._stream_slots.acquire(timeout=self.STREAM_SLOT_WAIT):
+            log.warning("no stream reader free for recording %s: refused", recording_id)
+            refuse_stream(self._context, recording_id, job_id, "no stream reader free (WARDWATCH_MAX_STREAMS)")
+            return None
+        threading.Thread(target=self._run_stream, args=(recording_id, job_id), daemon=True,
                          name=f"wardwatch-stream-{recording_id}").start()
         return None
+
+    def _run_stream(self, recording_id: int, job_id: int) -> None:
+        try:
+            run_stream(self._context, recording_id, job_id)
+        except Exception:  # the job keeps its reason; the slot must come back whatever happened
+            log.exception("stream reader of recording %s crashed", recording_id)
+        finally:
+            self._stream_slots.release()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until queued work is done (tests and `wardwatch demo`)."""
@@ -97,6 +116,6 @@ class CeleryDispatcher:
 def make_dispatcher(settings: Settings, context: WorkerContext) -> Dispatcher:
     if settings.embedded:
         log.info("embedded mode: tasks run inside this process")
-        return EmbeddedDispatcher(context, workers=settings.embedded_workers)
+        return EmbeddedDispatcher(context, workers=settings.embedded_workers, max_streams=settings.max_streams)
     log.info("broker mode: tasks go to %s", settings.broker_url)
     return CeleryDispatcher(settings)

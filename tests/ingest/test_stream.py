@@ -181,7 +181,8 @@ def test_accepted_urls_and_options():
 
 
 def test_credentials_are_redacted():
-    assert redact_url("rtsp://admin:s3cret@10.0.0.7:554/live") == "rtsp://admin:***@10.0.0.7:554/live"
+    assert redact_url("rtsp://admin:s3cret@10.0.0.7:554/live") == "rtsp://***@10.0.0.7:554/live"
+    assert redact_url("http://cam/live?channel=1&token=abc&flag") == "http://cam/live?channel=***&token=***&***"
     assert redact_url("rtsp://10.0.0.7/live") == "rtsp://10.0.0.7/live"
     with pytest.raises(StreamError) as excinfo:
         next(

@@ -49,7 +49,7 @@ def test_job_parameters_never_show_stream_credentials(db_url: str, tmp_path: Pat
             assert answer.status_code == 200
             for secret in ("s3cr3t", "abcdef", "camera:", "u:p@", "sig=zz"):
                 assert secret not in answer.text
-        assert answers[0].json()["params"]["url"] == "rtsp://***@10.0.0.5:554/live/ch1?***"
+        assert answers[0].json()["params"]["url"] == "rtsp://***@10.0.0.5:554/live/ch1?token=***"
         with session_scope(app.state.session_factory) as session:
             stored = session.get(Job, job_id)
             assert stored is not None and stored.params["url"] == url  # the worker still has the real one
@@ -57,7 +57,8 @@ def test_job_parameters_never_show_stream_credentials(db_url: str, tmp_path: Pat
 
 def test_url_redaction() -> None:
     assert redact_url_secrets("rtsp://10.0.0.5/live") == "rtsp://10.0.0.5/live"
-    assert redact_url_secrets("http://[::1]:8080/a?b=c") == "http://[::1]:8080/a?***"
+    assert redact_url_secrets("http://[::1]:8080/a?b=c") == "http://[::1]:8080/a?b=***"
+    assert redact_url_secrets("http://h/a?s3cr3t&x=1#frag") == "http://h/a?***&x=***"
     assert redact_url_secrets("rtsp://user@host/x") == "rtsp://***@host/x"
     assert redact_url_secrets("http://host:notaport/x") == "***"
 

@@ -24,7 +24,9 @@ def test_live_stream_until_stopped(tmp_path: Path, ward_video) -> None:  # type:
     server = subprocess.Popen(
         [FFMPEG, "-loglevel", "error", "-re", "-i", str(ward_video.video), "-c", "copy", "-f", "mpegts",
          f"tcp://127.0.0.1:{port}?listen=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", stream_max_reconnects=3)
+    # the ffmpeg server is on loopback: only an allow-list entry inside 127.0.0.0/8 lets a stream reach it
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", stream_max_reconnects=3,
+                        stream_allowed_networks=["127.0.0.1/32"])
     try:
         time.sleep(0.5)
         with TestClient(create_app(settings)) as client:

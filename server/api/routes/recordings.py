@@ -16,20 +16,19 @@ from starlette.concurrency import run_in_threadpool
 
 from ingest.errors import IngestError
 from ingest.paths import UnsafePathError, resolve_import_path
-from ingest.stream import redact_url, validate_stream_url
 from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep
 from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.schemas import RecordingPublic, RecordingsPublic
-from server.services.audit import record
+from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
-from server.services.recordings import create_recording, get_recording, list_recordings
+from server.services.recordings import get_recording, list_recordings
+from server.services.streams import STREAM_KIND, StreamRequest, start_stream
 from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
-from server.streaming import STREAM_KIND
 from server.worker.dispatch import Dispatcher
 
 router = APIRouter(prefix="/recordings", tags=["recordings"])
@@ -123,7 +122,8 @@ class RecordingSource(RecordingForm):
     path: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="a file relative to WARDWATCH_IMPORT_DIR")
     url: str | None = Field(default=None, min_length=1, max_length=4096,
-                            description="rtsp, rtmp, http(s), udp or tcp stream")
+                            description="rtsp(s), rtmp(s), http(s) or tcp stream; the host must pass the "
+                                        "destination policy (docs/streams.md)")
 
     @model_validator(mode="after")
     def _one_source(self) -> RecordingSource:
@@ -143,7 +143,7 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
     if source.url is not None:
-        return await run_in_threadpool(_start_stream, source, factory, dispatcher, access)
+        return await run_in_threadpool(_start_stream, source, settings, factory, dispatcher, access)
     assert source.path is not None
     if settings.import_dir is None:
         raise HTTPException(403, detail="server-side import is disabled: set WARDWATCH_IMPORT_DIR")
@@ -168,25 +168,20 @@ async def _from_json(request: Request, settings: Settings, factory: sessionmaker
     return recording
 
 
-def _start_stream(source: RecordingSource, factory: sessionmaker[Session], dispatcher: Dispatcher,
-                  access: Access) -> RecordingPublic:
+def _start_stream(source: RecordingSource, settings: Settings, factory: sessionmaker[Session],
+                  dispatcher: Dispatcher, access: Access) -> RecordingPublic:
+    """A live stream: the destination is checked before anything is stored or connected to (422 naming the rule),
+    ``max_streams`` bounds how many run (429); the URL is stored encrypted and shown redacted."""
     assert source.url is not None
+    request = StreamRequest(url=source.url, room=source.room, patient_ref=source.patient_ref,
+                            started_at=source.started_at)
     try:
-        url = validate_stream_url(source.url)
+        public, job_id = start_stream(settings=settings, factory=factory, request=request,
+                                      audit=access.entry(detail="stream"))
     except IngestError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
-    with session_scope(factory) as session:
-        recording = create_recording(session=session, source=redact_url(url), room=source.room,
-                                     patient_ref=source.patient_ref)
-        recording.started_at = source.started_at
-        recording.status = RecordingStatus.ingesting
-        # The job keeps the full URL (credentials included) for the worker; the recording shows it redacted.
-        job = Job(kind=STREAM_KIND, recording_id=recording.id, params={"url": url})
-        session.add(job)
-        session.flush()
-        # the URL stays out of the trail: it may carry the camera's credentials
-        record(session=session, entry=access.entry(object_id=recording.id, status_code=201, detail="stream"))
-        public, job_id = RecordingPublic.model_validate(recording), job.id
+    except CapacityError as exc:
+        raise HTTPException(429, detail=str(exc), headers={"Retry-After": "60"}) from exc
     task_id = dispatcher.stream(public.id, job_id)
     if task_id is not None:
         with session_scope(factory) as session:
