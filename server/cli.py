@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker (needs WARDWATCH_BROKER_URL)")
-    p.add_argument("--queues", default="inference,training,streams")
+    p.add_argument("--queues", default="inference,training,streams,webhooks")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 

@@ -21,7 +21,7 @@ from server import __version__
 from server.api.auditing import API_PREFIX, record_refusal
 from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
 from server.api.request_id import RequestIdMiddleware
-from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users
+from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users, webhooks
 from server.api.security import unguarded_routes
 from server.bootstrap import ensure_active_model, open_database
 from server.db.session import session_scope
@@ -32,8 +32,10 @@ from server.model_cache import ModelCache
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
 from server.services.streams import end_interrupted_streams
+from server.services.webhook_outbox import send_after_commit
 from server.settings import Settings, get_settings
 from server.watcher import FolderWatcher
+from server.webhook_sweeper import WebhookSweeper
 from server.worker.dispatch import Dispatcher, make_dispatcher
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ensure_active_model(settings, factory)
     context = WorkerContext(settings=settings, session_factory=factory, models=ModelCache(settings.device))
     dispatcher = make_dispatcher(settings, context)
+    send_after_commit(factory, dispatcher.deliver_webhook)  # webhook deliveries go out once their event commits
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.watcher = watcher
         housekeeper = Housekeeper(settings, factory)  # ended sessions, old sign-in tries: at start-up, then hourly
         housekeeper.start()
+        sweeper = WebhookSweeper(settings, factory, dispatcher)
+        sweeper.start()
         yield
+        sweeper.stop()
         housekeeper.stop()
         if watcher is not None:
             watcher.stop()
@@ -120,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unacceptable(request: Request, exc: InvalidInputError) -> Response:
         return await refused(request, 422, str(exc)) or JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    for module in (health, session, recordings, events, jobs, finetune, audit, users, fhir):
+    for module in (health, session, recordings, events, jobs, finetune, audit, users, fhir, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     if missing := unguarded_routes(app.routes):
         raise RuntimeError(f"API routes without a Guard or Public dependency: {missing}")

@@ -39,6 +39,7 @@ from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
+from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,7 @@ def store_event(ctx: WorkerContext, session: Session, recording_id: int, version
             video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
             agreement=item.agreement,
         ))
+    queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
     return event
 
 

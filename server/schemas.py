@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ingest.stream_urls import MASK, redact_url
 from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, ReviewDecision, Role
+from server.db.webhook_tables import DeliveryStatus, WebhookEventType
 from server.security.permissions import Scope
 from server.security.secret_box import is_encrypted
 
@@ -329,3 +330,75 @@ class TokenCreated(TokenPublic):
 class TokensPublic(BaseModel):
     data: list[TokenPublic]
     count: int
+
+
+class WebhookCreate(BaseModel):
+    """An admin's subscription: where to POST and which event types."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2000, description="http(s)://..., without user:password@",
+                     examples=["https://his.example.org/wardwatch/hooks"])
+    events: list[WebhookEventType] = Field(min_length=1, max_length=len(WebhookEventType))
+    description: str | None = Field(default=None, max_length=128, description="which system this is")
+
+
+class WebhookPublic(BaseModel):
+    """A subscription, never its secret; the URL without credentials or query string (it may hold a token)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    url: str
+    events: list[WebhookEventType]
+    description: str | None
+    active: bool
+    created_by_user_id: int | None
+    created_at: datetime
+    deactivated_at: datetime | None
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _redacted(cls, url: str) -> str:
+        return redact_url_secrets(url)
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(description="the signing secret, shown once, now: only an encrypted copy is kept")
+
+
+class WebhooksPublic(BaseModel):
+    data: list[WebhookPublic]
+    count: int
+
+
+class WebhookAttemptPublic(_FromRow):
+    number: int
+    started_at: datetime
+    timestamp: int = Field(description="X-Wardwatch-Timestamp of this attempt (Unix seconds)")
+    status_code: int | None
+    error: str | None = Field(description="null with a null status code: the sender stopped mid-attempt")
+    duration_ms: int | None
+
+
+class WebhookDeliveryPublic(_FromRow):
+    id: int
+    uuid: str = Field(description="the payload's id (X-Wardwatch-Delivery)")
+    subscription_id: int
+    event_type: WebhookEventType
+    event_id: int
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    retry_of_id: int | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[WebhookAttemptPublic]
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
+    count: int
+    next_cursor: int | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from server.db.access_tables import Role
 from server.db.session import session_scope
 from server.security.permissions import usable_scopes
+from server.security.principal import Principal
 from server.services.api_tokens import create_token
 from server.services.users import create_user, get_user
 
@@ -21,6 +22,15 @@ def ensure_user(app: Any, role: str, *, username: str | None = None, password: s
         if get_user(session=session, username=name) is None:
             create_user(session=session, username=name, password=password, role=Role(role))
     return name
+
+
+def principal_for(app: Any, role: str, *, username: str | None = None) -> Principal:
+    """What a request of that user's browser session acts as (for calling services directly)."""
+    name = ensure_user(app, role, username=username)
+    with session_scope(app.state.session_factory) as session:
+        user = get_user(session=session, username=name)
+        assert user is not None
+        return Principal(user_id=user.id, username=user.username, role=user.role)
 
 
 def token_for(app: Any, role: str, *, scopes: Iterable[str] | None = None, username: str | None = None,

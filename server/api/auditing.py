@@ -17,7 +17,7 @@ API_PREFIX = "/api/v1"
 # The record type a route touches, from the first segment of its path.
 OBJECT_TYPES = {"recordings": "recording", "events": "event", "explanations": "explanation",
                 "models": "model_version", "jobs": "job", "finetune-jobs": "job", "audit": "audit_log",
-                "session": "session", "users": "user", "tokens": "api_token"}
+                "session": "session", "users": "user", "tokens": "api_token", "webhooks": "webhook_subscription"}
 # Under /fhir the record type follows from the FHIR resource asked for.
 FHIR_OBJECT_TYPES = {"Bundle": "event", "AuditEvent": "audit_log"}
 _PARAM = re.compile(r"{(\w+)")

@@ -165,4 +165,5 @@ ReadJobs = Annotated[Access, Depends(Guard(Permission.read_jobs), scope="functio
 ManageModels = Annotated[Access, Depends(Guard(Permission.manage_models), scope="function")]
 ReadAudit = Annotated[Access, Depends(Guard(Permission.read_audit), scope="function")]
 ManageUsers = Annotated[Access, Depends(Guard(Permission.manage_users), scope="function")]
+ManageWebhooks = Annotated[Access, Depends(Guard(Permission.manage_webhooks), scope="function")]
 Authenticated = Annotated[Access, Depends(Guard(None), scope="function")]

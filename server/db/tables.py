@@ -178,9 +178,10 @@ class Job(Base):
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.
 from server.db.access_tables import ApiToken, AuditLog, LoginAttempt, Outcome, Role, User, UserSession  # noqa: E402
 from server.db.review_tables import EventReview, ReviewDecision  # noqa: E402
+from server.db.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookSubscription  # noqa: E402
 
 __all__ = [
     "ApiToken", "AuditLog", "Clip", "Event", "EventReview", "EventStatus", "Explanation", "Job", "JobStatus",
     "LoginAttempt", "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "ReviewDecision", "Role",
-    "User", "UserSession",
+    "User", "UserSession", "WebhookAttempt", "WebhookDelivery", "WebhookSubscription",
 ]

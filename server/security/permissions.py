@@ -7,7 +7,7 @@ so a token can never do more than its user, and a user's role change takes effec
 
 Decisions (README "Access control and audit"):
 * clinicians review; an auditor or admin cannot (a review is a clinical act, signed by a clinician);
-* only admins fine-tune, activate models, see jobs, and manage users and tokens;
+* only admins fine-tune, activate models, see jobs, and manage users, tokens and webhooks;
 * auditors read the audit trail (admins too) and may read events, to see what an entry refers to;
 * uploading, importing and streaming need ``write:recordings`` (clinicians and admins).
 """
@@ -38,6 +38,7 @@ class Permission(enum.StrEnum):
     manage_models = "manage_models"        # fine-tune, cancel a job, activate / roll back a model
     read_audit = "read_audit"
     manage_users = "manage_users"          # users and tokens (REST, or the CLI on the server)
+    manage_webhooks = "manage_webhooks"    # webhook subscriptions and their delivery log
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ PERMISSIONS: dict[Permission, Grant] = {
     Permission.manage_models: _grant({A}, {Scope.admin}),
     Permission.read_audit: _grant({A, U}, {Scope.audit}),
     Permission.manage_users: _grant({A}, {Scope.admin}),
+    Permission.manage_webhooks: _grant({A}, {Scope.admin}),
 }
 
 # Permissions whose *allowed* reads are written to the audit trail: patient data, the trail itself, jobs (their
-# parameters name stream sources) and accounts / tokens. Every write, and every refusal of any guarded route,
-# is recorded whatever the permission.
+# parameters name stream sources), accounts / tokens and webhooks (the delivery log holds the events sent).
+# Every write, and every refusal of any guarded route, is recorded whatever the permission.
 AUDITED_READS = frozenset({Permission.read_events, Permission.read_audit, Permission.read_jobs,
-                           Permission.manage_users})
+                           Permission.manage_users, Permission.manage_webhooks})
 
 
 def is_allowed(role: Role, scopes: frozenset[Scope] | None, permission: Permission) -> bool:

@@ -13,6 +13,7 @@ from server.schemas import ReviewIn
 from server.security.principal import Principal
 from server.services.errors import NotFoundError
 from server.services.reviews import record_review, undo_review
+from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
 
 
 def list_events(*, session: Session, limit: int, cursor: int | None = None, status: EventStatus | None = None,
@@ -51,6 +52,7 @@ def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer:
     event = get_event(session=session, event_id=event_id)
     record_review(session=session, event=event, review=review, reviewer=reviewer)
     session.flush()
+    queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_reviewed)
     return event
 
 
@@ -59,4 +61,6 @@ def undo_event_review(*, session: Session, event_id: int, by: Principal) -> Even
     event = get_event(session=session, event_id=event_id)
     undo_review(session=session, event=event, by=by)
     session.flush()
+    # An undo changes what the event says, so subscribers hear of it as they hear of the review it takes back.
+    queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_reviewed)
     return event

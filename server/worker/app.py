@@ -1,4 +1,5 @@
-"""The Celery application. Queues: ``inference`` (scoring) and ``training`` (fine-tuning).
+"""The Celery application. Queues: ``inference`` (scoring), ``training`` (fine-tuning), ``streams`` (live
+streams) and ``webhooks`` (one delivery attempt per message: short, network-bound).
 
 The broker only carries record IDs; the database is the source of truth for job state. Tasks are acknowledged
 late so a worker that dies mid-task leaves the message for another worker.
@@ -13,10 +14,12 @@ from server.settings import Settings, get_settings
 PROCESS_RECORDING = "wardwatch.process_recording"
 FINETUNE = "wardwatch.finetune"
 INGEST_STREAM = "wardwatch.ingest_stream"
+DELIVER_WEBHOOK = "wardwatch.deliver_webhook"
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 #: live streams hold a worker for as long as they run: give them their own worker processes
 STREAMS_QUEUE = "streams"
+WEBHOOKS_QUEUE = "webhooks"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -28,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=INFERENCE_QUEUE,
         task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE},
-                     INGEST_STREAM: {"queue": STREAMS_QUEUE}},
+                     INGEST_STREAM: {"queue": STREAMS_QUEUE}, DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

@@ -9,15 +9,18 @@ from typing import Protocol
 
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
+from server.services.webhook_delivery import attempt_delivery
 from server.settings import Settings
 from server.streaming import refuse_stream, run_stream
 from server.worker.app import (
+    DELIVER_WEBHOOK,
     FINETUNE,
     INFERENCE_QUEUE,
     INGEST_STREAM,
     PROCESS_RECORDING,
     STREAMS_QUEUE,
     TRAINING_QUEUE,
+    WEBHOOKS_QUEUE,
     make_celery,
 )
 
@@ -33,6 +36,9 @@ class Dispatcher(Protocol):
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
         """Start reading a live stream (a long-running task)."""
+
+    def deliver_webhook(self, delivery_id: int, delay: float = 0.0) -> None:
+        """Make an attempt at a committed webhook delivery, ``delay`` seconds from now."""
 
     def shutdown(self) -> None: ...
 
@@ -51,6 +57,10 @@ class EmbeddedDispatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wardwatch-worker")
         # Training gets its own thread so a long fine-tune never holds up scoring (the `training` queue).
         self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardwatch-training")
+        # Webhooks wait on the network, not the CPU: their own threads, so scoring never holds them up.
+        self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wardwatch-webhooks")
+        self._timers: set[threading.Timer] = set()
+        self._lock = threading.Lock()
         self.futures: list[Future[None]] = []
 
     def _track(self, future: Future[None]) -> None:
@@ -83,6 +93,33 @@ class EmbeddedDispatcher:
         finally:
             self._stream_slots.release()
 
+    def deliver_webhook(self, delivery_id: int, delay: float = 0.0) -> None:
+        if delay > 0:  # a retry: a timer, not a sleeping pool thread (the sweeper covers a restart meanwhile)
+            timer = threading.Timer(delay, self._fire, args=(delivery_id,))
+            timer.daemon = True
+            with self._lock:
+                self._timers.add(timer)
+            timer.start()
+            return
+        try:
+            self._webhooks.submit(self._deliver, delivery_id)
+        except RuntimeError:  # shut down: the sweeper of the next start sends it
+            log.info("webhook delivery %s left to the next start", delivery_id)
+
+    def _fire(self, delivery_id: int) -> None:
+        with self._lock:
+            self._timers.discard(threading.current_thread())  # type: ignore[arg-type]  # the Timer itself
+        self.deliver_webhook(delivery_id)
+
+    def _deliver(self, delivery_id: int) -> None:
+        try:
+            delay = attempt_delivery(self._context.session_factory, self._context.settings, delivery_id)
+        except Exception:  # noqa: BLE001 - a database hiccup: the sweeper retries once the claim's lease runs out
+            log.exception("webhook delivery %s: attempt failed to run", delivery_id)
+            return
+        if delay is not None:
+            self.deliver_webhook(delivery_id, delay)
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until queued work is done (tests and `wardwatch demo`)."""
         for future in list(self.futures):
@@ -91,6 +128,11 @@ class EmbeddedDispatcher:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._training.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
+        self._webhooks.shutdown(wait=False, cancel_futures=True)
 
 
 class CeleryDispatcher:
@@ -108,6 +150,9 @@ class CeleryDispatcher:
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
         return str(self._celery.send_task(INGEST_STREAM, args=[recording_id, job_id], queue=STREAMS_QUEUE).id)
+
+    def deliver_webhook(self, delivery_id: int, delay: float = 0.0) -> None:
+        self._celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None)
 
     def shutdown(self) -> None:
         self._celery.close()

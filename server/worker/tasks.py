@@ -7,15 +7,31 @@ from functools import cache
 from server.bootstrap import make_worker_context
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
+from server.services.webhook_delivery import attempt_delivery
+from server.services.webhook_outbox import send_after_commit
 from server.settings import get_settings
 from server.streaming import run_stream
-from server.worker.app import FINETUNE, INGEST_STREAM, PROCESS_RECORDING, celery_app
+from server.worker.app import (
+    DELIVER_WEBHOOK,
+    FINETUNE,
+    INGEST_STREAM,
+    PROCESS_RECORDING,
+    WEBHOOKS_QUEUE,
+    celery_app,
+)
 
 
 @cache
 def _context() -> WorkerContext:
     # Built lazily inside the worker process: its own engine and its own loaded model (STYLE.md #10).
-    return make_worker_context(get_settings())
+    context = make_worker_context(get_settings())
+    # Events this worker stores queue webhook deliveries: hand them to the webhooks queue once committed.
+    send_after_commit(context.session_factory, _queue_delivery)
+    return context
+
+
+def _queue_delivery(delivery_id: int, delay: float = 0.0) -> None:
+    deliver_webhook_task.apply_async(args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None)
 
 
 @celery_app.task(name=PROCESS_RECORDING, acks_late=True)
@@ -34,3 +50,13 @@ def finetune_task(job_id: int) -> None:
 def ingest_stream_task(recording_id: int, job_id: int) -> None:
     """Read, score and explain a live stream until it is stopped through the API."""
     run_stream(_context(), recording_id, job_id)
+
+
+@celery_app.task(name=DELIVER_WEBHOOK, acks_late=True)
+def deliver_webhook_task(delivery_id: int) -> None:
+    """One attempt at a webhook delivery (a duplicate message finds it claimed or done and does nothing); the
+    next attempt, if any, is queued with its backoff as the countdown."""
+    context = _context()
+    delay = attempt_delivery(context.session_factory, context.settings, delivery_id)
+    if delay is not None:
+        _queue_delivery(delivery_id, delay)

@@ -10,7 +10,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from server.db.session import session_scope
-from server.db.tables import Event, Explanation, Job, JobStatus, ModelState, ModelVersion, Recording, RecordingStatus
+from server.db.tables import (
+    Event,
+    Explanation,
+    Job,
+    JobStatus,
+    ModelState,
+    ModelVersion,
+    Recording,
+    RecordingStatus,
+    WebhookDelivery,
+    WebhookSubscription,
+)
+from server.db.webhook_tables import DeliveryStatus, WebhookEventType
 from tests.accounts import PASSWORD, ensure_user
 
 
@@ -21,6 +33,8 @@ class Seeded:
     explanation_id: int
     job_id: int
     model_id: int
+    webhook_id: int
+    delivery_id: int
 
 
 def seed(app: Any) -> Seeded:
@@ -44,9 +58,17 @@ def seed(app: Any) -> Seeded:
                                   overlay_path="media/seed/overlay.png", video_path="media/seed/overlay.mp4",
                                   agreement=0.5)
         job = Job(kind="score", recording_id=recording.id, status=JobStatus.succeeded)
-        session.add_all([explanation, job])
+        # event.created only: the matrix's reviews must not queue deliveries to this (closed) port
+        webhook = WebhookSubscription(url="http://127.0.0.1:9/hook", events=["event.created"],
+                                      secret_encrypted=settings.secret_box().encrypt("whsec_seed"))
+        session.add_all([explanation, job, webhook])
         session.flush()
-        return Seeded(recording.id, event.id, explanation.id, job.id, model.id)
+        delivery = WebhookDelivery(uuid="00000000-0000-4000-8000-000000000001", subscription_id=webhook.id,
+                                   event_type=WebhookEventType.event_created, event_id=event.id, data={},
+                                   status=DeliveryStatus.delivered, attempts=1, last_status_code=200)
+        session.add(delivery)
+        session.flush()
+        return Seeded(recording.id, event.id, explanation.id, job.id, model.id, webhook.id, delivery.id)
 
 
 def signed_in(app: Any, role: str, *, username: str | None = None) -> tuple[TestClient, str]:

@@ -29,6 +29,7 @@ RULES = {
     "manage_models": ({ADMIN}, {"admin"}),
     "read_audit": ({ADMIN, AUDITOR}, {"audit"}),
     "manage_users": ({ADMIN}, {"admin"}),
+    "manage_webhooks": ({ADMIN}, {"admin"}),
     ANYONE: ({CLINICIAN, ADMIN, AUDITOR}, {"read:events", "write:recordings", "review", "admin", "audit"}),
 }
 # (method, path) -> (permission, body). Bodies get past authorisation without lasting harm (a 4xx after it
@@ -67,6 +68,11 @@ ROUTES = {
     ("GET", "/api/v1/tokens"): ("manage_users", None),
     ("POST", "/api/v1/tokens"): ("manage_users", {}),
     ("DELETE", "/api/v1/tokens/{token_id}"): ("manage_users", None),
+    ("POST", "/api/v1/webhooks"): ("manage_webhooks", {}),
+    ("GET", "/api/v1/webhooks"): ("manage_webhooks", None),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): ("manage_webhooks", None),
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): ("manage_webhooks", None),
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): ("manage_webhooks", None),
 }
 # Scopes each role can hold (a token asking for others is refused at creation).
 ROLE_SCOPES = {CLINICIAN: ["read:events", "write:recordings", "review"],
@@ -83,7 +89,8 @@ def app_and_rows(db_url: str, tmp_path: Path) -> Iterator[tuple[object, Seeded]]
 
 def _url(path: str, rows: Seeded, unknown: bool = False) -> str:
     ids = {"recording_id": rows.recording_id, "event_id": rows.event_id, "explanation_id": rows.explanation_id,
-           "job_id": rows.job_id, "model_id": rows.model_id}
+           "job_id": rows.job_id, "model_id": rows.model_id, "webhook_id": rows.webhook_id,
+           "delivery_id": rows.delivery_id}
     for name, value in ids.items():
         path = path.replace("{" + name + "}", "987654" if unknown else str(value))
     return path.replace("{media}", "overlay.png").replace("{username}", "nobody-here").replace("{token_id}", "987654")

@@ -11,7 +11,8 @@ from server.db.migrate import current_revision, downgrade, head_revision, upgrad
 from server.db.session import make_engine
 
 TABLES = {"recording", "clip", "event", "explanation", "model_version", "job", "app_user", "user_session", "api_token",
-          "login_attempt", "audit_log", "event_review"}
+          "login_attempt", "audit_log", "event_review",
+          "webhook_subscription", "webhook_delivery", "webhook_attempt"}
 
 
 def test_upgrade_downgrade_roundtrip(db_url: str) -> None:

@@ -12,7 +12,8 @@ from pydantic import AwareDatetime
 from server.api.deps import SessionDep, SettingsDep
 from server.api.params import CursorQuery, IdPath, IdQuery
 from server.api.security import ReadEvents, Review
-from server.db.tables import Event, EventStatus, Explanation
+from server.db.tables import EventStatus, Explanation
+from server.event_view import event_public
 from server.schemas import (
     EventPublic,
     EventReviewPublic,
@@ -28,15 +29,6 @@ from server.services.reviews import list_reviews
 
 router = APIRouter(tags=["events"])
 API = "/api/v1"
-
-
-def event_public(event: Event) -> EventPublic:
-    out = EventPublic.model_validate(event)
-    out.key_frame_url = f"{API}/events/{event.id}/keyframe.png" if event.key_frame_path else None
-    out.clip_url = f"{API}/events/{event.id}/clip.mp4" if event.clip_path else None
-    scores = [e.agreement for e in event.explanations if e.agreement is not None]
-    out.agreement = scores[0] if scores else None
-    return out
 
 
 def explanation_public(item: Explanation) -> ExplanationPublic:
