@@ -18,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server import __version__
+from server.api import error_docs
 from server.api.auditing import API_PREFIX, record_refusal
+from server.api.body_limits import BodyLimitsMiddleware
 from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
 from server.api.request_id import RequestIdMiddleware
 from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users, webhooks
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = dispatcher
     app.state.worker_context = context
 
+    app.add_middleware(BodyLimitsMiddleware, idle_seconds=settings.body_idle_timeout_seconds,
+                       default_max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     # Outermost last: headers go on every answer, including the 400 for an untrusted Host (DNS rebinding) and
     # the 431 for too many or too large request headers.
@@ -112,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
         """422 without echoing the offending input back: it may be a password or a token."""
         errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+        return JSONResponse(status_code=422, content={"detail": _encodable(jsonable_encoder(errors))})
 
     @app.exception_handler(NotFoundError)
     async def _not_found(request: Request, exc: NotFoundError) -> Response:
@@ -130,9 +134,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     if missing := unguarded_routes(app.routes):
         raise RuntimeError(f"API routes without a Guard or Public dependency: {missing}")
+    error_docs.install(app)
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app
+
+
+def _encodable(value: object) -> object:
+    """``value`` with lone surrogates replaced: a dict key from the client (``{"\\ud800": 1}``) named in a
+    validation error would otherwise fail the UTF-8 encoding of the answer, turning a 422 into a 500."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
 
 
 def _resume_in_flight(context: WorkerContext, dispatcher: Dispatcher) -> None:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from ingest.stream_urls import MASK, redact_url
 from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, ReviewDecision, Role
@@ -13,8 +26,104 @@ from server.db.webhook_tables import DeliveryStatus, WebhookEventType
 from server.security.permissions import Scope
 from server.security.secret_box import is_encrypted
 
-MAX_ID = 2**63 - 1  # database IDs are 64-bit
+# Record IDs are INTEGER columns: 32-bit on PostgreSQL (64-bit on SQLite). A larger number in a path, query or
+# body is refused at the edge with 422; it used to reach the driver (PostgreSQL: "integer out of range"; SQLite
+# past 2**63: OverflowError), a 500 either way. The audit trail's IDs alone are BIGINT (MAX_BIG_ID).
+MAX_ID = 2**31 - 1
+MAX_BIG_ID = 2**63 - 1
 MAX_NOTE = 4000  # characters of a review note
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+def plain_text(value: str) -> str:
+    """Refuse what no column can store: NUL (PostgreSQL text refuses it: a 500 there, silently kept by SQLite)
+    and lone surrogates (not Unicode: the UTF-8 encoder of the driver or of the JSON answer fails)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    if _SURROGATE.search(value):
+        raise ValueError("must not contain lone surrogates (\\ud800-\\udfff): not valid Unicode")
+    return value
+
+
+class _NoNulInSchema:
+    """Says it in the OpenAPI document too (``pattern``), unless the field has a stricter pattern of its own."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out.setdefault("pattern", NO_NUL_PATTERN)
+        return out
+
+
+def Text(max_length: int, *, min_length: int = 0, pattern: str | None = None) -> Any:  # noqa: N802 - a type
+    """The one string type for client input (bodies, queries, paths, form fields): bounded, and plain text
+    (``plain_text``). ``pattern``: a stricter rule of the field's own (it must exclude NUL itself)."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern),
+                     AfterValidator(plain_text), _NoNulInSchema()]
+
+
+JSON_MAX_DEPTH = 4
+JSON_MAX_ITEMS = 64
+JSON_MAX_STRING = 1024
+
+
+def _plain_json(value: Any, depth: int = 0) -> Any:
+    """Free-form JSON a client sends (hyper-parameters) as the database's JSON column and our answers can hold
+    it: plain-text strings and keys, finite numbers within 64 bits, bounded depth and size."""
+    if depth > JSON_MAX_DEPTH:
+        raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if len(value) > JSON_MAX_STRING:
+            raise ValueError(f"a string is longer than {JSON_MAX_STRING} characters")
+        return plain_text(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not -MAX_BIG_ID - 1 <= value <= MAX_BIG_ID:
+            raise ValueError("an integer is outside the 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("NaN and infinite numbers are not JSON")
+        return value
+    if isinstance(value, list):
+        if len(value) > JSON_MAX_ITEMS:
+            raise ValueError(f"a list has more than {JSON_MAX_ITEMS} items")
+        return [_plain_json(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        if len(value) > JSON_MAX_ITEMS:
+            raise ValueError(f"an object has more than {JSON_MAX_ITEMS} keys")
+        for key in value:
+            if len(key) > 64:
+                raise ValueError("a key is longer than 64 characters")
+            plain_text(key)
+        return {key: _plain_json(item, depth + 1) for key, item in value.items()}
+    raise ValueError(f"not a JSON value: {type(value).__name__}")
+
+
+PlainJsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal (4xx) but a validation error: what is wrong, in words."""
+
+    detail: str
+
+
+class FieldErrorPublic(BaseModel):
+    """One invalid parameter or field (the offending input is never echoed: it may be a password)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorPublic(BaseModel):
+    """422: the invalid fields, or a sentence when the check is one of the route's own."""
+
+    detail: list[FieldErrorPublic] | str
 
 
 class _FromRow(BaseModel):
@@ -98,10 +207,10 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["confirmed", "rejected", "relabelled"]
-    label: str | None = Field(default=None, min_length=1, max_length=64,
-                              description="relabels only: one of the classes of the model version that flagged "
-                                          "the event (its own label included)")
-    note: str | None = Field(default=None, max_length=MAX_NOTE, description="leave it out rather than send ''")
+    label: Text(64, min_length=1) | None = Field(
+        default=None, description="relabels only: one of the classes of the model version that flagged the event "
+                                  "(its own label included)")
+    note: Text(MAX_NOTE) | None = Field(default=None, description="leave it out rather than send ''")
     # No "reviewer" field: the reviewer is the signed-in clinician, never what the client claims.
 
     @field_validator("note", mode="after")
@@ -202,6 +311,10 @@ class Health(BaseModel):
     mode: Literal["embedded", "broker"]
 
 
+# TrainConfig fields a fine-tune job may not set: paths on the server, worker processes, the device.
+SERVER_OWNED_HYPERPARAMETERS = frozenset({"checkpoint_path", "tensorboard_dir", "resume", "device", "num_workers"})
+
+
 class FinetuneJobCreate(BaseModel):
     """An admin's fine-tune request. Hyper-parameters are ``model.training.config.TrainConfig`` fields."""
 
@@ -209,12 +322,11 @@ class FinetuneJobCreate(BaseModel):
 
     base_model_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="default: the active model")
     mode: Literal["alternating", "supervised", "unsupervised", "combined"] = "alternating"
-    hyperparameters: dict = Field(default_factory=dict, examples=[{"epochs": 5, "lr": 1e-5, "alpha": 8}])
+    hyperparameters: PlainJsonObject = Field(default_factory=dict, examples=[{"epochs": 5, "lr": 1e-5, "alpha": 8}])
     recording_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
-        default=None, description="default: every scored recording")
-    pretrained: str | None = Field(
+        default=None, max_length=10_000, description="default: every scored recording")
+    pretrained: Text(128, pattern=r"^torchvision:[a-z0-9_]+(:[A-Za-z0-9_]+)?$") | None = Field(
         default=None,
-        pattern=r"^torchvision:[a-z0-9_]+(:[A-Za-z0-9_]+)?$",
         description="start from these torchvision weights (resnet18 | resnet50 | r3d_18, read from the server's torch "
         "hub cache, never downloaded) with a new head, instead of the base model's weights; the base gives the "
         "architecture, classes and input",
@@ -222,7 +334,15 @@ class FinetuneJobCreate(BaseModel):
     )
     max_unlabelled: int = Field(default=2000, ge=0, le=1_000_000)
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="NumPy and PyTorch accept 32-bit seeds")
+
+    @field_validator("hyperparameters", mode="after")
+    @classmethod
+    def _not_server_owned(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """Where files go and which processes run is the server's business, not a request's."""
+        if owned := sorted(set(hyperparameters) & SERVER_OWNED_HYPERPARAMETERS):
+            raise ValueError(f"{', '.join(owned)}: set by the server, not per job")
+        return hyperparameters
 
 
 class JobsPublic(BaseModel):
@@ -234,8 +354,8 @@ class JobsPublic(BaseModel):
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
+    username: Text(64, min_length=1)
+    password: Text(256, min_length=1)
 
 
 class UserPublic(BaseModel):
@@ -283,8 +403,8 @@ class AuditPublic(BaseModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=2, max_length=64)
-    password: str = Field(min_length=12, max_length=256)
+    username: Text(64, min_length=2)
+    password: Text(256, min_length=12)
     role: Role
 
 
@@ -306,10 +426,10 @@ class UsersPublic(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64, description="the user the token acts for")
-    scopes: list[Scope] = Field(min_length=1)
+    username: Text(64, min_length=1) = Field(description="the user the token acts for")
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
     expires_days: int | None = Field(default=90, ge=1, le=3650, description="null: never expires")
-    name: str | None = Field(default=None, max_length=128, description="what it is for, e.g. the system using it")
+    name: Text(128) | None = Field(default=None, description="what it is for, e.g. the system using it")
 
 
 class TokenPublic(BaseModel):
@@ -337,10 +457,10 @@ class WebhookCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=2000, description="http(s)://..., without user:password@",
-                     examples=["https://his.example.org/wardwatch/hooks"])
+    url: Text(2000, min_length=1) = Field(description="http(s)://..., without user:password@",
+                                          examples=["https://his.example.org/wardwatch/hooks"])
     events: list[WebhookEventType] = Field(min_length=1, max_length=len(WebhookEventType))
-    description: str | None = Field(default=None, max_length=128, description="which system this is")
+    description: Text(128) | None = Field(default=None, description="which system this is")
 
 
 class WebhookPublic(BaseModel):

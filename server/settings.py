@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, ge=10, description="request headers per request")
 
     max_upload_bytes: int = 4 * 1024**3
+    max_body_bytes: int = Field(default=1024**2, ge=1024, description="request bodies but uploads (JSON), in bytes")
+    body_idle_timeout_seconds: float = Field(
+        default=60, gt=0, description="a request body that sends nothing for this long is refused (408)")
+    quarantine_max_bytes: int = Field(
+        default=1024**3, ge=0,
+        description="rejected uploads kept in data_dir/quarantine for diagnosis, oldest removed first; 0: deleted")
     upload_chunk_bytes: int = 1024 * 1024
     embedded_workers: int = 1
 
@@ -208,6 +214,11 @@ class Settings(BaseSettings):
         return ReconnectPolicy(initial_delay=self.stream_backoff_initial_seconds,
                                max_delay=self.stream_backoff_max_seconds,
                                max_attempts=self.stream_max_reconnects or None)
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rejected uploads, bounded by ``quarantine_max_bytes`` (``server.services.quarantine``)."""
+        return self.data_dir / "quarantine"
 
     def secret_box(self) -> SecretBox:
         """The encrypter of secrets at rest (raises :class:`SecretKeyMissing` in production without keys)."""

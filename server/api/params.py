@@ -1,5 +1,6 @@
-"""Shared parameter types. Database IDs are 64-bit: a larger number is refused with 422 at the edge instead of
-overflowing the database driver (SQLite raises OverflowError, which would be a 500)."""
+"""Shared parameter types. A record ID past its column's range is refused with 422 at the edge instead of
+overflowing the database driver, which would be a 500 (``server.schemas.MAX_ID``). Text is bounded plain text
+(``server.schemas.Text``): a NUL in a filter would be a 500 on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-from server.schemas import MAX_ID
+from server.schemas import MAX_BIG_ID, MAX_ID, Text
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 CursorQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="last id of the previous page")]
 IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+BigCursorQuery = Annotated[int | None, Query(ge=1, le=MAX_BIG_ID, description="last id of the previous page")]
+NamePath = Annotated[Text(64, min_length=1), Path()]
+
+
+def TextQuery(max_length: int = 64, description: str | None = None) -> object:  # noqa: N802 - a type
+    """An optional text filter: ``label: TextQuery() = None``."""
+    return Annotated[Text(max_length) | None, Query(description=description)]

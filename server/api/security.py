@@ -143,6 +143,16 @@ def _guarded(dependant: object) -> bool:
     return False
 
 
+def route_guards(dependant: object) -> list[Guard]:
+    """The Guards a route's dependencies name (none for a public route)."""
+    found: list[Guard] = []
+    for dep in getattr(dependant, "dependencies", []):
+        if isinstance(dep.call, Guard):
+            found.append(dep.call)
+        found.extend(route_guards(dep))
+    return found
+
+
 def api_routes(routes: list[BaseRoute]) -> list[RouteContext]:
     """Every API route of the app, with its full path (FastAPI nests included routers)."""
     return [r for r in iter_route_contexts(routes)

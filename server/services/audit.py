@@ -3,6 +3,7 @@ anywhere) updates or deletes an entry; the database's triggers refuse it anyway 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,16 @@ class RequestInfo:
     client_address: str | None
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str | None, limit: int) -> str | None:
+    """``text`` cut to its column, with what no column can hold (NUL, lone surrogates) replaced: the trail
+    records a refused request whatever garbage it carried (a NUL in a path would fail the insert on PostgreSQL,
+    and the request would then be answered 503 for want of its audit entry)."""
+    return _UNSTORABLE.sub("\ufffd", text[:limit]) if text else None
+
+
 def audit_entry(*, principal: Principal | None, target: AuditTarget, info: RequestInfo, outcome: Outcome,
                 status_code: int | None = None, username: str | None = None, detail: str | None = None
                 ) -> AuditLog:
@@ -37,12 +48,12 @@ def audit_entry(*, principal: Principal | None, target: AuditTarget, info: Reque
     text = detail if detail is not None else target.detail
     return AuditLog(
         user_id=principal.user_id if principal else None,
-        username=(principal.username if principal else username and username[:64]),
+        username=(principal.username if principal else _storable(username, 64)),
         role=principal.role.value if principal else None,
         token_id=principal.token_id if principal else None,
         action=target.action[:64], object_type=target.object_type,
-        object_id=target.object_id[:64] if target.object_id else None,
-        outcome=outcome, status_code=status_code, detail=text[:256] if text else None,
+        object_id=_storable(target.object_id, 64),
+        outcome=outcome, status_code=status_code, detail=_storable(text, 256),
         client_address=info.client_address, request_id=info.request_id,
     )
 

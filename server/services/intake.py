@@ -6,6 +6,7 @@ not a usable video (422, kept as a failed recording with its reason), then a que
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from server.db.session import session_scope
 from server.db.tables import AuditLog, Job, Outcome, Recording, RecordingStatus
 from server.schemas import RecordingPublic
 from server.services.audit import record
+from server.services.quarantine import quarantine
 from server.services.recordings import apply_probe, create_recording, find_duplicate, mark_failed
 from server.services.uploads import TruncatedUploadError, check_complete_mp4
 from server.settings import Settings
@@ -77,8 +79,8 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
         recording.size_bytes, recording.sha256 = size, sha256
         reason, status = _check(session, recording, target, options.allow_duplicate)
         if reason is not None:
-            if status == 409 and move_into_data_dir:
-                target.unlink(missing_ok=True)
+            if move_into_data_dir:
+                _set_aside(settings, recording, target, keep=status != 409)
             mark_failed(recording=recording, reason=reason)
             if audit is not None:
                 audit.object_id, audit.outcome, audit.status_code = str(recording.id), Outcome.refused, status
@@ -94,6 +96,21 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
             audit.object_id, audit.status_code = str(recording.id), 201
             record(session=session, entry=audit)
         return RecordingPublic.model_validate(recording), job.id
+
+
+def _set_aside(settings: Settings, recording: Recording, file: Path, *, keep: bool) -> None:
+    """A rejected upload leaves the recordings folder: into the bounded quarantine (``keep``: a file that is
+    not a usable video, worth a look), or deleted (a duplicate: its content is already stored)."""
+    recording.path = None
+    if keep:
+        kept = quarantine(file, settings.quarantine_dir, name=f"recording-{recording.id}-{file.name}",
+                          cap_bytes=settings.quarantine_max_bytes)
+        if kept is not None:
+            recording.warnings = [*recording.warnings, f"rejected file kept for diagnosis as quarantine/{kept.name}"]
+    else:
+        file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        file.parent.rmdir()  # recordings/<id>/, now empty
 
 
 def _time_from_name(settings: Settings, name: str) -> datetime | None:

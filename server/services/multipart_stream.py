@@ -9,18 +9,24 @@ the first byte over it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from server.services.uploads import UploadTooLargeError, safe_filename
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FILENAME = 255  # kept as the recording's source
+MAX_PARTS = 32  # the form has a handful of fields: thousands of 64 KiB parts would all be held in memory
+# RFC 2046 section 5.1.1: 1 to 70 characters from this set, not ending in a space. python-multipart itself
+# fails on a boundary over 256 bytes with an error of its own (a 500 if it escaped).
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 class MultipartError(ValueError):
@@ -57,6 +63,7 @@ class _Receiver:
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
         self._out: BinaryIO | None = None
+        self._parts = 0
 
     def callbacks(self) -> dict:
         return {
@@ -66,6 +73,9 @@ class _Receiver:
         }
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise MultipartError(f"the form has more than {MAX_PARTS} parts")
         self._part = _Part()
         self._headers = {}
 
@@ -84,6 +94,11 @@ class _Receiver:
         self._part.name = options.get(b"name", b"").decode("utf-8", "replace") or None
         raw_filename = options.get(b"filename")
         self._part.filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
+        if self._part.filename is not None:
+            if len(self._part.filename) > MAX_FILENAME:
+                raise MultipartError(f"the file name is longer than {MAX_FILENAME} characters")
+            if "\x00" in self._part.filename:
+                raise MultipartError("the file name must not contain NUL characters")
         if self._part.name == self.file_field:
             if self.result.path is not None:
                 raise MultipartError(f"more than one '{self.file_field}' part")
@@ -132,6 +147,9 @@ async def receive_upload(content_type: str | None, body: AsyncIterator[bytes], d
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise MultipartError("send the recording as multipart/form-data with a 'file' part")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise MultipartError("the multipart boundary must be 1 to 70 characters of letters, digits and "
+                             "'()+_,-./:=? (RFC 2046)")
     receiver = _Receiver(dest_dir, limit, file_field)
     parser = MultipartParser(boundary, receiver.callbacks())
     try:
@@ -139,7 +157,7 @@ async def receive_upload(content_type: str | None, body: AsyncIterator[bytes], d
             async for chunk in body:
                 parser.write(chunk)
             parser.finalize()
-        except MultipartParseError as exc:
+        except FormParserError as exc:
             raise MultipartError(f"malformed multipart body: {exc}") from exc
         if receiver.result.path is None:
             raise MultipartError(f"the form has no '{file_field}' part")

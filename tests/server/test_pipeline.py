@@ -143,7 +143,7 @@ def test_pagination_and_unknown_ids(client: TestClient, ward_video) -> None:  # 
         assert answer.status_code == 404, path
         assert "not found" in answer.json()["detail"]
     assert client.post("/api/v1/events/999/review", json={"decision": "rejected"}).status_code == 404
-    assert client.get("/api/v1/explanations/1/secret.txt").status_code == 422
+    assert client.get("/api/v1/explanations/1/secret.txt").status_code == 404  # no such media: not found
     assert client.get("/api/v1/recordings", params={"limit": 0}).status_code == 422
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
 from server.api.deps import SessionDep
-from server.api.params import CursorQuery, IdQuery
+from server.api.params import BigCursorQuery, IdQuery, TextQuery
 from server.api.security import ReadAudit
 from server.db.access_tables import Outcome
 from server.schemas import AuditEntryPublic, AuditPublic
@@ -22,12 +22,12 @@ def read_audit(
     session: SessionDep,
     _access: ReadAudit,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: CursorQuery = None,
-    user: Annotated[str | None, Query(max_length=64, description="username")] = None,
+    cursor: BigCursorQuery = None,
+    user: TextQuery(64, "username") = None,
     user_id: IdQuery = None,
-    object_type: Annotated[str | None, Query(max_length=32)] = None,
-    object_id: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    object_type: TextQuery(32) = None,
+    object_id: TextQuery(64) = None,
+    action: TextQuery(64) = None,
     outcome: Outcome | None = None,
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime
 
 from server.api.deps import SessionDep, SettingsDep
-from server.api.params import CursorQuery, IdPath, IdQuery
+from server.api.params import CursorQuery, IdPath, IdQuery, TextQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import EventStatus, Explanation
 from server.event_view import event_public
@@ -46,7 +47,7 @@ def read_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: CursorQuery = None,
     status: EventStatus | None = None,
-    label: str | None = None,
+    label: TextQuery(64) = None,
     recording: IdQuery = None,
     since: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
     until: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
@@ -118,16 +119,21 @@ def read_event_clip(session: SessionDep, settings: SettingsDep, _access: ReadEve
     return _media(settings.data_dir, event.clip_path, "video/mp4")
 
 
+MEDIA = {"overlay.png": "image/png", "overlay.mp4": "video/mp4"}
+# Any other name is a resource that does not exist (404, as for ``../../etc/passwd``), not a malformed request.
+MediaName = Annotated[str, PathParam(json_schema_extra={"enum": list(MEDIA)})]  # never stored nor opened as is
+
+
 @router.get("/explanations/{explanation_id}/{media}", response_class=FileResponse)
 def read_explanation_media(session: SessionDep, settings: SettingsDep, _access: ReadEvents, explanation_id: IdPath,
-                           media: Literal["overlay.png", "overlay.mp4"]) -> FileResponse:
+                           media: MediaName) -> FileResponse:
     """The overlay PNG or the per-frame overlay video (answers range requests, so players can seek)."""
+    if media not in MEDIA:
+        raise HTTPException(404, detail="media not available")
     item = session.get(Explanation, explanation_id)
     if item is None:
         raise NotFoundError("explanation", explanation_id)
-    if media == "overlay.png":
-        return _media(settings.data_dir, item.overlay_path, "image/png")
-    return _media(settings.data_dir, item.video_path, "video/mp4")
+    return _media(settings.data_dir, item.overlay_path if media == "overlay.png" else item.video_path, MEDIA[media])
 
 
 def _media(data_dir: Path, relative: str | None, media_type: str) -> FileResponse:

@@ -26,7 +26,20 @@ _ZONED = "ISO 8601 with a time zone (Z or +hh:mm); a time without one is refused
 Since = Annotated[AwareDatetime | None, Query(description=_ZONED)]
 Cursor = Annotated[int | None, Query(alias="_cursor", ge=1, le=MAX_ID,
                                      description="from the previous page's `next` link; opaque")]
-_ANSWER = {200: {"content": {FHIR_JSON: {}}, "description": "a searchset Bundle"}}
+# The body is a FHIR resource (validated by fhir.resources when built), described here by its outline only: the
+# full R4 schema is the standard's (https://hl7.org/fhir/R4/bundle.html), not ours to repeat.
+_BUNDLE_OUTLINE = {
+    "type": "object",
+    "required": ["resourceType", "type"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": ["searchset"]},
+        "total": {"type": "integer", "minimum": 0},
+        "link": {"type": "array", "items": {"type": "object"}},
+        "entry": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_ANSWER = {200: {"content": {FHIR_JSON: {"schema": _BUNDLE_OUTLINE}}, "description": "a searchset Bundle"}}
 
 
 class FhirResponse(Response):

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from model.pretrained import PretrainedWeightsError, check_pretrained
 from model.training.config import TrainConfig
 from server.api.deps import DispatcherDep, SessionDep
-from server.api.params import CursorQuery, IdPath
+from server.api.params import CursorQuery, IdPath, TextQuery
 from server.api.security import ManageModels, ReadJobs
 from server.db.base import utcnow
 from server.db.tables import Job, JobStatus, ModelVersion
@@ -22,7 +22,8 @@ from server.services.models import get_active_model
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/finetune-jobs", status_code=202, response_model=JobPublic)
+@router.post("/finetune-jobs", status_code=202, response_model=JobPublic,
+             responses={404: {"description": "no such base model version"}})
 def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, access: ManageModels,
                         body: FinetuneJobCreate) -> Job:
     """Queue ATCON fine-tuning of a model version on the reviewed and unlabelled clips (training queue).
@@ -56,7 +57,7 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, access: 
 @router.get("/jobs", response_model=JobsPublic)
 def read_jobs(session: SessionDep, _access: ReadJobs, limit: Annotated[int, Query(ge=1, le=500)] = 50,
               cursor: CursorQuery = None,
-              kind: str | None = None, status: JobStatus | None = None) -> JobsPublic:
+              kind: TextQuery(32) = None, status: JobStatus | None = None) -> JobsPublic:
     """Jobs, newest first."""
     query = select(Job)
     if kind:
@@ -71,7 +72,8 @@ def read_jobs(session: SessionDep, _access: ReadJobs, limit: Annotated[int, Quer
                       next_cursor=page[-1].id if len(page) == limit else None)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic,
+             responses={409: {"description": "not a fine-tune job, or already finished"}})
 def cancel_job(session: SessionDep, _access: ManageModels, job_id: IdPath) -> Job:
     """Cancel a queued or running job; a running fine-tune stops between steps and writes no model."""
     job = session.get(Job, job_id)

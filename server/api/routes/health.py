@@ -20,7 +20,7 @@ def health(settings: SettingsDep) -> Health:
     return Health(status="ok", version=__version__, mode="embedded" if settings.embedded else "broker")
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "the database does not answer, or no model is active"}})
 def ready(session: SessionDep) -> dict[str, object]:
     """Readiness: the database answers and a model version is active."""
     session.execute(text("SELECT 1"))

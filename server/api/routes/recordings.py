@@ -13,15 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ingest.errors import IngestError
 from ingest.paths import UnsafePathError, resolve_import_path
+from server.api.body_limits import STREAMED
 from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep
 from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
-from server.schemas import RecordingPublic, RecordingsPublic
+from server.schemas import RecordingPublic, RecordingsPublic, Text
 from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
@@ -32,6 +34,7 @@ from server.settings import Settings
 from server.worker.dispatch import Dispatcher
 
 router = APIRouter(prefix="/recordings", tags=["recordings"])
+JSON_SOURCE_MAX_BYTES = 64 * 1024
 
 
 class RecordingForm(BaseModel):
@@ -39,8 +42,8 @@ class RecordingForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    room: str | None = Field(default=None, max_length=128)
-    patient_ref: str | None = Field(default=None, max_length=128, description="pseudonymous ID, never a name")
+    room: Text(128) | None = None
+    patient_ref: Text(128) | None = Field(default=None, description="pseudonymous ID, never a name")
     started_at: datetime | None = Field(default=None, description="wall-clock start, ISO 8601 with a time zone")
     allow_duplicate: bool = Field(default=False, description="accept content identical to an earlier upload")
 
@@ -52,47 +55,74 @@ class RecordingForm(BaseModel):
         return value
 
 
+class RecordingSource(RecordingForm):
+    """JSON body of ``POST /recordings``: a file in the server's import directory, or a live stream URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Text(4096, min_length=1) | None = Field(default=None, description="a file relative to WARDWATCH_IMPORT_DIR")
+    url: Text(4096, min_length=1) | None = Field(
+        default=None, description="rtsp(s), rtmp(s), http(s) or tcp stream; the host must pass the destination "
+                                  "policy (docs/streams.md)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecordingSource:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' (server-side import) or 'url' (live stream)")
+        return self
+
+
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": {"type": "string", "format": "binary", "description": "the video (MP4, MKV, MOV, ...)"},
-                **RecordingForm.model_json_schema()["properties"],
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the video (MP4, MKV, MOV, ...)"},
+                    **RecordingForm.model_json_schema()["properties"],
+                },
+            }},
+            "application/json": {"schema": RecordingSource.model_json_schema()},
+        },
     }
 }
 
 
-@router.post("", status_code=201, response_model=RecordingPublic, openapi_extra=_UPLOAD_BODY,
-             responses={409: {"description": "same content as an earlier recording"},
+@router.post("", status_code=201, response_model=RecordingPublic, openapi_extra=_UPLOAD_BODY, max_body_size=STREAMED,
+             responses={403: {"description": "server-side import is disabled (JSON 'path')"},
+                        409: {"description": "same content as an earlier recording"},
                         413: {"description": "upload too large"}, 422: {"description": "not a usable video"}})
 async def upload_recording(request: Request, settings: SettingsDep, factory: SessionFactoryDep,
                            dispatcher: DispatcherDep, access: WriteRecordingsUpload) -> RecordingPublic:
     """Upload a recording (multipart: ``file`` plus optional form fields).
 
     The body is streamed to disk and hashed on the way; past ``WARDWATCH_MAX_UPLOAD_BYTES`` the transfer stops
-    with 413. The file is then probed at once: a file that is not a usable video is refused with 422 and kept
-    as a ``failed`` recording with its reason; identical content to an earlier recording gets 409. A good
-    file is scored in the background: poll ``GET /recordings/{id}``.
+    with 413, and a body that stalls for ``WARDWATCH_BODY_IDLE_TIMEOUT_SECONDS`` gets 408 (nothing is kept of
+    either). The file is then probed at once: a file that is not a usable video is refused with 422 and kept
+    as a ``failed`` recording with its reason (the file itself goes to the bounded quarantine folder);
+    identical content to an earlier recording gets 409. A good file is scored in the background: poll
+    ``GET /recordings/{id}``.
     """
     if (request.headers.get("content-type") or "").split(";")[0].strip() == "application/json":
         return await _from_json(request, settings, factory, dispatcher, access)
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes + 64 * 1024:
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit():  # uvicorn's parser refuses it first; another ASGI server may not
+        raise HTTPException(400, detail="Content-Length is not a number")
+    if int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, detail=f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
     staging = settings.data_dir / "incoming" / uuid.uuid4().hex
     try:
-        received = await receive_upload(request.headers.get("content-type"), request.stream(), staging,
-                                        limit=settings.max_upload_bytes)
-    except UploadTooLargeError as exc:
-        raise HTTPException(413, detail=str(exc)) from exc
-    except MultipartError as exc:
-        raise HTTPException(422, detail=str(exc)) from exc
-    try:
+        try:
+            received = await receive_upload(request.headers.get("content-type"), request.stream(), staging,
+                                            limit=settings.max_upload_bytes)
+        except UploadTooLargeError as exc:
+            raise HTTPException(413, detail=str(exc)) from exc
+        except MultipartError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        except ClientDisconnect as exc:  # nobody reads the answer; the refusal is audited like any other
+            raise HTTPException(400, detail="the client disconnected during the upload") from exc
         try:
             form = RecordingForm.model_validate(received.fields)
         except ValidationError as exc:
@@ -109,35 +139,19 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
         access.refusal_recorded = True  # in the transaction that kept the failed recording
         raise HTTPException(exc.status, detail=exc.detail) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # whatever went wrong, no partial file stays behind
     await run_in_threadpool(queue_scoring, dispatcher, factory, recording.id, job_id)
     return recording
-
-
-class RecordingSource(RecordingForm):
-    """JSON body of ``POST /recordings``: a file in the server's import directory, or a live stream URL."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = Field(default=None, min_length=1, max_length=4096,
-                             description="a file relative to WARDWATCH_IMPORT_DIR")
-    url: str | None = Field(default=None, min_length=1, max_length=4096,
-                            description="rtsp(s), rtmp(s), http(s) or tcp stream; the host must pass the "
-                                        "destination policy (docs/streams.md)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecordingSource:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("give exactly one of 'path' (server-side import) or 'url' (live stream)")
-        return self
 
 
 async def _from_json(request: Request, settings: Settings, factory: sessionmaker[Session],
                      dispatcher: Dispatcher, access: Access) -> RecordingPublic:
     """Server-side import: the file stays in the import directory; nothing outside it is ever opened."""
-    body = await request.body()
-    if len(body) > 64 * 1024:
-        raise HTTPException(413, detail="JSON body larger than 64 KiB")
+    body = bytearray()
+    async for chunk in request.stream():  # not request.body(): this route's size limit is its own (STREAMED)
+        body += chunk
+        if len(body) > JSON_SOURCE_MAX_BYTES:
+            raise HTTPException(413, detail="JSON body larger than 64 KiB")
     try:
         source = RecordingSource.model_validate_json(body)
     except ValidationError as exc:
@@ -190,7 +204,8 @@ def _start_stream(source: RecordingSource, settings: Settings, factory: sessionm
     return public
 
 
-@router.post("/{recording_id}/stop", response_model=RecordingPublic)
+@router.post("/{recording_id}/stop", response_model=RecordingPublic,
+             responses={409: {"description": "not a running live stream"}})
 def stop_stream(session: SessionDep, _access: WriteRecordings, recording_id: IdPath) -> Recording:
     """Stop a live stream: clips already committed and events found so far are kept."""
     recording = get_recording(session=session, recording_id=recording_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from server.api.deps import SessionDep
-from server.api.params import IdPath
+from server.api.params import IdPath, NamePath
 from server.api.security import ManageUsers
 from server.db.access_tables import ApiToken, User
 from server.schemas import (
@@ -37,7 +37,8 @@ def read_users(session: SessionDep, _access: ManageUsers) -> UsersPublic:
     return UsersPublic(data=[UserAdminPublic.model_validate(u) for u in users], count=len(users))
 
 
-@router.post("/users", status_code=201, response_model=UserAdminPublic)
+@router.post("/users", status_code=201, response_model=UserAdminPublic,
+             responses={409: {"description": "the username is taken"}})
 def post_user(session: SessionDep, access: ManageUsers, body: UserCreate) -> UserAdminPublic:
     """Create a user (the password is hashed with argon2id and never returned or logged)."""
     try:
@@ -50,8 +51,9 @@ def post_user(session: SessionDep, access: ManageUsers, body: UserCreate) -> Use
     return UserAdminPublic.model_validate(user)
 
 
-@router.post("/users/{username}/disable", response_model=UserAdminPublic)
-def post_disable_user(session: SessionDep, _access: ManageUsers, username: str) -> UserAdminPublic:
+@router.post("/users/{username}/disable", response_model=UserAdminPublic,
+             responses={409: {"description": "the last active admin"}})
+def post_disable_user(session: SessionDep, _access: ManageUsers, username: NamePath) -> UserAdminPublic:
     """The user's sessions and tokens stop working at their next request. 409 for the last active admin."""
     return UserAdminPublic.model_validate(disable_user(session=session, username=username))
 
@@ -63,7 +65,8 @@ def read_tokens(session: SessionDep, _access: ManageUsers) -> TokensPublic:
     return TokensPublic(data=[token_public(t) for t in tokens], count=len(tokens))
 
 
-@router.post("/tokens", status_code=201, response_model=TokenCreated)
+@router.post("/tokens", status_code=201, response_model=TokenCreated,
+             responses={404: {"description": "no such user"}})
 def post_token(session: SessionDep, access: ManageUsers, body: TokenCreate) -> TokenCreated:
     """A new token for a user; the answer holds the token itself, the only time it is ever shown.
 

@@ -72,7 +72,8 @@ def read_deliveries(session: SessionDep, _access: ManageWebhooks, webhook_id: Id
                                    next_cursor=page[-1].id if len(page) == limit else None)
 
 
-@router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=WebhookDeliveryPublic)
+@router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=WebhookDeliveryPublic,
+             responses={409: {"description": "the delivery has not failed (pending or delivered)"}})
 def post_retry(session: SessionDep, access: ManageWebhooks, webhook_id: IdPath,
                delivery_id: IdPath) -> WebhookDeliveryPublic:
     """Send a failed delivery's event again, as a new delivery (new id, fresh attempts); 409 unless failed."""
