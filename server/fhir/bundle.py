@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntrySearch, BundleLink
 from fhir.resources.R4B.reference import Reference
@@ -20,7 +21,7 @@ from server.db.tables import Event, ModelVersion
 from server.fhir.audit_event import audit_event
 from server.fhir.device import model_device
 from server.fhir.media import clip_media, explanation_media
-from server.fhir.observation import event_observation, patient_subject
+from server.fhir.observation import event_observation, patient_subject, retracted_observation
 from server.fhir.systems import FhirSystems
 
 
@@ -54,12 +55,17 @@ def searchset(entries: Iterable[BundleEntry], links: PageLinks) -> Bundle:
 
 
 def observation_bundle(events: Sequence[Event], models: Mapping[int, ModelVersion], *, systems: FhirSystems,
-                       api_base: str, links: PageLinks) -> Bundle:
+                       api_base: str, links: PageLinks, retracted: Mapping[int, datetime] | None = None) -> Bundle:
     """``events``: reviewed, with recording and explanations loaded; ``models``: every model they name.
-    ``api_base``: the absolute ``.../api/v1`` the media URLs start with."""
+    ``api_base``: the absolute ``.../api/v1`` the media URLs start with. ``retracted``: events among them that
+    are no longer findings, with when that happened (an ``entered-in-error`` Observation, nothing else)."""
     entries: list[BundleEntry] = []
     devices: dict[int, Reference] = {}
     for event in events:
+        if retracted and event.id in retracted:
+            entries.append(_entry(retracted_observation(event, systems=systems, retracted_at=retracted[event.id]),
+                                  systems, "match"))
+            continue
         if event.model_version_id not in devices:
             device = model_device(models[event.model_version_id], systems=systems)
             devices[event.model_version_id] = reference(device, systems)

@@ -74,6 +74,21 @@ def _period(start: datetime | None, end: datetime | None) -> Period | None:
     return Period(start=start, end=end) if start is not None else None
 
 
+def retracted_observation(event: Event, *, systems: FhirSystems, retracted_at: datetime) -> Observation:
+    """An event that was a finding (and may have been exported) but no longer is: rejected on a later review,
+    or its confirmation undone. ``entered-in-error`` under the same id tells a receiver to withdraw it; the
+    code is the model's label, the only one that still stands."""
+    return Observation(
+        id=observation_id(event.id),
+        meta={"lastUpdated": retracted_at},
+        identifier=[Identifier(system=systems.identifier("event"), value=str(event.id))],
+        status="entered-in-error",
+        code=label_concept(event.label, systems),
+        subject=patient_subject(event.recording, systems),
+        effectivePeriod=_period(event.start_wall, event.end_wall),
+    )
+
+
 def event_observation(event: Event, *, systems: FhirSystems, device: Reference, media: list[Reference]
                       ) -> Observation:
     """``event`` must be confirmed or relabelled, with its recording and explanations loaded. ``device`` and

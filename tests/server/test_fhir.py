@@ -267,6 +267,32 @@ def test_since_filters_on_the_review_time(app: Any, ward: Ward) -> None:
     assert naive.status_code == 422 and "timezone" in str(naive.json()["detail"]).lower()
 
 
+def test_a_withdrawn_finding_is_exported_as_entered_in_error(app: Any, ward: Ward) -> None:
+    """A receiver that imported a confirmed event must hear when it stops being one: rejected on a later
+    review, or its confirmation undone. The same Observation id comes again, ``entered-in-error``."""
+    client, headers = TestClient(app), bearer(app, "clinician")
+    before = {_event_id(o): o for o in _resources(_export(client, headers), "Observation")}
+    assert before[ward.ids["confirmed"]]["status"] == "final"
+    assert ward.ids["rejected"] not in before  # never a finding: never exported, nor retracted
+    last = max(_instant(o["issued"]) for o in before.values())
+    assert client.post(f"/api/v1/events/{ward.ids['confirmed']}/review", json={"decision": "rejected"},
+                       headers=headers).status_code == 200
+    assert client.post(f"/api/v1/events/{ward.ids['bare']}/review/undo", headers=headers).status_code == 200
+
+    changed = _export(client, headers, since=(last + timedelta(microseconds=1)).isoformat())
+    observations = {_event_id(o): o for o in _resources(changed, "Observation")}
+    assert set(observations) == {ward.ids["confirmed"], ward.ids["bare"]} and changed["total"] == 2
+    for event_id, observation in observations.items():
+        assert observation["status"] == "entered-in-error"
+        assert observation["id"] == before[event_id]["id"]  # the same resource, withdrawn
+        assert _instant(observation["meta"]["lastUpdated"]) > last
+        assert "performer" not in observation and "derivedFrom" not in observation
+    _assert_self_contained(changed)
+    everything = {_event_id(o): o["status"] for o in _resources(_export(client, headers), "Observation")}
+    assert everything == {ward.ids["confirmed"]: "entered-in-error", ward.ids["bare"]: "entered-in-error",
+                          ward.ids["relabelled"]: "amended"}
+
+
 def test_paging_returns_every_item_once(app: Any, ward: Ward) -> None:
     client, headers = TestClient(app), bearer(app, "clinician")
     for size, pages_expected in ((1, 3), (2, 2), (3, 1)):

@@ -63,12 +63,13 @@ def export_observations(request: Request, session: SessionDep, settings: Setting
                         since: Since = None, cursor: Cursor = None,
                         count: Annotated[int, Query(alias="_count", ge=1, le=MAX_EVENTS)] = 50) -> Response:
     """Confirmed (status final) and relabelled (amended) events reviewed at or after ``since``, each an
-    Observation with its review clip and overlays (Media, URLs of this API) and its model (Device)."""
+    Observation with its review clip and overlays (Media, URLs of this API) and its model (Device); events that
+    were a finding once and no longer are (rejected later, confirmation undone) as ``entered-in-error``."""
     page = reviewed_events(session=session, since=since, cursor=cursor, limit=count)
     models = model_versions(session=session, ids={e.model_version_id for e in page.rows})
     api_base = str(request.base_url).rstrip("/") + API_PREFIX
     bundle = observation_bundle(page.rows, models, systems=FhirSystems.from_settings(settings), api_base=api_base,
-                                links=_links(request, page))
+                                links=_links(request, page), retracted=page.retracted)
     _note(access, request, "events", [e.id for e in page.rows])
     return FhirResponse(bundle.model_dump_json())
 
