@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 
 import numpy as np
@@ -79,13 +78,6 @@ def test_one_item_per_group_is_the_item_bootstrap() -> None:
     other = paired_cluster_bootstrap_macro_f1([a, a2], [b, b2], targets, shuffled, multi_label=False, runs=4000)
     assert other["low"] == pytest.approx(item["seeds_low"], abs=0.03)
     assert other["high"] == pytest.approx(item["seeds_high"], abs=0.03)
-
-
-def test_thousand_runs_are_fast() -> None:
-    targets, a, b, groups = _videos(100, 30, seed=6)  # 3,000 clips, 5 seeds
-    start = time.perf_counter()
-    paired_cluster_bootstrap_macro_f1([a] * 5, [b] * 5, targets, groups, multi_label=False, runs=1000)
-    assert time.perf_counter() - start < 2.0
 
 
 def test_summary_and_table_lead_with_the_video_interval() -> None:
