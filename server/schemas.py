@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -60,6 +60,40 @@ def Text(max_length: int, *, min_length: int = 0, pattern: str | None = None) ->
     (``plain_text``). ``pattern``: a stricter rule of the field's own (it must exclude NUL itself)."""
     return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern),
                      AfterValidator(plain_text), _NoNulInSchema()]
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC. ValueError (a 422) for a time without a zone (ambiguous) and for one with no UTC
+    equivalent: 9999-12-31T23:59:59-14:00 is past the last datetime Python has, 0001-01-01T00:00:00+14:00 before
+    the first. Converting here, at the edge, means nothing after it (a bind parameter, the column type's own
+    conversion) meets an OverflowError, which was a 500."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs a time zone (Z or +hh:mm), e.g. 2026-01-01T08:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of UTC datetimes (0001-01-01T00:00:00Z to "
+                         "9999-12-31T23:59:59.999999Z) once its time zone is applied") from None
+
+
+# The one datetime type for client input (query parameters, JSON bodies, form fields): a time zone is required
+# and the value arrives converted to UTC (``to_utc``).
+UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
+
+# A recording's wall-clock start: its events' times are the start plus their offsets in the video, so a start at
+# the edge of the range would overflow later, when the recording is scored or exported. Plausible years only.
+WALL_CLOCK_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+WALL_CLOCK_MAX = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def plausible_wall_clock(value: datetime) -> datetime:
+    if not WALL_CLOCK_MIN <= value < WALL_CLOCK_MAX:
+        raise ValueError(f"a recording's start must be in the years {WALL_CLOCK_MIN.year} to "
+                         f"{WALL_CLOCK_MAX.year - 1} (UTC)")
+    return value
+
+
+WallClock = Annotated[UtcDatetime, AfterValidator(plausible_wall_clock)]
 
 
 JSON_MAX_DEPTH = 4
@@ -228,6 +262,18 @@ class ReviewIn(BaseModel):
         if self.decision != "relabelled" and self.label is not None:
             raise ValueError("'label' is only accepted with decision 'relabelled'")
         return self
+
+
+class UndoIn(BaseModel):
+    """Optional body of ``POST /events/{id}/review/undo``: which review the client means to take back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    review_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID,
+        description="the review the client saw as the event's latest (from GET .../reviews): the undo is refused "
+                    "(409) unless it is still the caller's latest standing review, so a repeated or double-clicked "
+                    "undo never takes back the review below it. Left out: the caller's latest standing review.")
 
 
 class EventReviewPublic(_FromRow):

@@ -46,7 +46,9 @@ export const api = {
   event: (id) => request(`/events/${id}`),
   explanations: (id) => request(`/events/${id}/explanations`),
   review: (id, body) => request(`/events/${id}/review`, { method: "POST", body: JSON.stringify(body) }),
-  undoReview: (id) => request(`/events/${id}/review/undo`, { method: "POST" }),
+  undoReview: (id, reviewId) => request(`/events/${id}/review/undo`, {
+    method: "POST", ...(reviewId ? { body: JSON.stringify({ review_id: reviewId }) } : {}),
+  }),
   reviews: (id, params) => request(`/events/${id}/reviews?` + new URLSearchParams(params)),
   jobs: (params) => request("/jobs?" + new URLSearchParams(params)),
   job: (id) => request(`/jobs/${id}`),

@@ -12,7 +12,8 @@ const METHOD_NAMES = {
 };
 const PAGE = 50;
 const HISTORY = 20;  // newest reviews shown under an event
-const state = { events: [], cursor: null, selected: null, views: [], view: 0, labels: [], classes: {} };
+const state = { events: [], cursor: null, selected: null, views: [], view: 0, labels: [], classes: {},
+                standing: null };  // standing: {event, review} — the latest review not undone, as the history shows it
 const $ = (id) => document.getElementById(id);
 
 function fmtSeconds(s) {
@@ -126,8 +127,11 @@ function fillOptions(select, labels) {
 async function showHistory(id) {
   const list = $("history-list");
   list.replaceChildren();
+  state.standing = null;
   try {
     const page = await api.reviews(id, { limit: HISTORY });
+    const standing = page.data.find((r) => !r.undone_at);
+    if (standing) state.standing = { event: id, review: standing.id };
     $("history-count").textContent = String(page.count);
     for (const r of page.data) {
       const item = document.createElement("li");
@@ -190,7 +194,10 @@ async function undo() {
   const event = state.selected;
   if (!event || $("undo").hidden) return;
   try {
-    const updated = await api.undoReview(event.id);
+    // name the review shown as the latest: a double click or a retry is then refused (409), never an undo of
+    // the review below it
+    const named = state.standing?.event === event.id ? state.standing.review : null;
+    const updated = await api.undoReview(event.id, named);
     Object.assign(event, updated);
     renderList();
     await select(event.id);

@@ -49,17 +49,16 @@ def get_event(*, session: Session, event_id: int) -> Event:
 def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer: Principal) -> Event:
     """Record a clinician's decision: appended to the event's review history (``server.services.reviews``),
     which the event's status, label, note and reviewer then show."""
-    event = get_event(session=session, event_id=event_id)
-    record_review(session=session, event=event, review=review, reviewer=reviewer)
+    event = record_review(session=session, event_id=event_id, review=review, reviewer=reviewer)
     session.flush()
     queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_reviewed)
     return event
 
 
-def undo_event_review(*, session: Session, event_id: int, by: Principal) -> Event:
-    """Take back ``by``'s latest standing review of the event: it shows the review before (or is flagged)."""
-    event = get_event(session=session, event_id=event_id)
-    undo_review(session=session, event=event, by=by)
+def undo_event_review(*, session: Session, event_id: int, by: Principal, review_id: int | None = None) -> Event:
+    """Take back ``by``'s latest standing review of the event (``review_id``: the one the client means): it
+    shows the review before (or is flagged)."""
+    event = undo_review(session=session, event_id=event_id, by=by, review_id=review_id)
     session.flush()
     # An undo changes what the event says, so subscribers hear of it as they hear of the review it takes back.
     queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_reviewed)

@@ -157,6 +157,57 @@ def test_malformed_multipart_is_422_and_leaves_nothing(client: TestClient) -> No
                 and ("incoming" in p.parts or "recordings" in p.parts)]
 
 
+LATE = "9999-12-31T23:59:59-14:00"  # past datetime.max once in UTC (OverflowError: a 500 on both databases)
+EARLY = "0001-01-01T00:00:00+14:00"  # before datetime.min once in UTC
+OUT_OF_RANGE = "outside the range of UTC datetimes"
+
+
+def test_times_with_no_utc_equivalent_are_422(client: TestClient, rows: Seeded) -> None:
+    """Every datetime a client sends is converted to UTC at the edge (``server.schemas.UtcDatetime``); a time
+    whose zone takes it past year 9999 or before year 1 used to reach the column type's ``astimezone``."""
+    admin = bearer(client.app, "admin")
+    queries = [("/api/v1/events", "since"), ("/api/v1/events", "until"), ("/api/v1/audit", "since"),
+               ("/api/v1/audit", "until"), ("/api/v1/fhir/Bundle", "since"), ("/api/v1/fhir/AuditEvent", "since"),
+               ("/api/v1/fhir/AuditEvent", "until")]
+    for url, name in queries:
+        for value in (LATE, EARLY):
+            _refused(client.get(url, params={name: value}, headers=admin), words=OUT_OF_RANGE)
+        _refused(client.get(url, params={name: "2026-01-01T08:00:00"}, headers=admin), words="needs a time zone")
+        for value in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59+14:00"):
+            answer = client.get(url, params={name: value}, headers=admin)  # the very ends of the range are fine
+            assert answer.status_code == 200, (url, name, value, answer.text)
+
+    stream = {"url": "rtsp://camera.example/ward", "room": "12"}
+    for started_at, words in ((EARLY, OUT_OF_RANGE), (LATE, OUT_OF_RANGE), ("2026-01-01T08:00:00", "time zone"),
+                              ("1899-12-31T23:59:59Z", "years 1900 to 2999"),
+                              ("3000-01-01T00:00:00Z", "years 1900 to 2999")):
+        _refused(client.post("/api/v1/recordings", json={**stream, "started_at": started_at}), words=words)
+        _refused(client.post("/api/v1/recordings", json={"path": "ward.mp4", "started_at": started_at}), words=words)
+        form = _multipart("xyz", b'Content-Disposition: form-data; name="started_at"\r\n\r\n' + started_at.encode(),
+                          _file_part())
+        _refused(client.post("/api/v1/recordings", content=form,
+                             headers={"Content-Type": "multipart/form-data; boundary=xyz"}), words=words)
+    assert _counts(client) == (1, 1, 1)  # nothing was kept, not even a failed recording
+
+
+def test_every_datetime_query_parameter_refuses_times_with_no_utc_equivalent(client: TestClient) -> None:
+    """Read from the OpenAPI document, so a date-time parameter added later is held to it too."""
+    admin = bearer(client.app, "admin")
+    document = client.app.openapi()  # type: ignore[attr-defined]
+    checked = []
+    for path, item in document["paths"].items():
+        operation = item.get("get")
+        if operation is None or "{" in path:
+            continue
+        for parameter in operation.get("parameters", []):
+            options = parameter["schema"].get("anyOf", [parameter["schema"]])
+            if parameter["in"] == "query" and any(o.get("format") == "date-time" for o in options):
+                for value in (LATE, EARLY):
+                    _refused(client.get(path, params={parameter["name"]: value}, headers=admin), words=OUT_OF_RANGE)
+                checked.append(f"{path}?{parameter['name']}")
+    assert len(checked) >= 7, checked
+
+
 def test_oversized_json_bodies_are_413(client: TestClient) -> None:
     admin = bearer(client.app, "admin")
     big = b'{"username": "' + b"a" * (2 * 1024 * 1024) + b'"}'

@@ -264,7 +264,7 @@ def test_since_filters_on_the_review_time(app: Any, ward: Ward) -> None:
                             "Observation")
     assert _event_id(changed) == ward.ids["confirmed"] and changed["status"] == "amended"
     naive = client.get(BUNDLE, params={"since": "2026-03-01T08:00:00"}, headers=headers)
-    assert naive.status_code == 422 and "timezone" in str(naive.json()["detail"]).lower()
+    assert naive.status_code == 422 and "needs a time zone" in str(naive.json()["detail"])
 
 
 def test_a_withdrawn_finding_is_exported_as_entered_in_error(app: Any, ward: Ward) -> None:
@@ -330,6 +330,31 @@ def test_who_may_export(app: Any, ward: Ward) -> None:
     _export(client, bearer(app, "auditor", scopes=["audit"]), url=AUDIT_EVENTS)
     _export(client, bearer(app, "admin"), url=AUDIT_EVENTS)
     _export(client, bearer(app, "auditor", scopes=["read:events"]))
+
+
+def test_the_audit_cursor_spans_the_64_bit_ids_of_the_trail(app: Any) -> None:
+    """Audit ids are BIGINT: an entry past 2**31 must be reachable through the AuditEvent pages (the ``_cursor``
+    was capped at 2**31 - 1, so the ``next`` link of such a page answered 422); event cursors stay 32-bit."""
+    big = 2**40
+    with session_scope(app.state.session_factory) as session:
+        session.add_all([AuditLog(id=big + 1, at=START, action="read_event", outcome=Outcome.allowed),
+                         AuditLog(id=big, at=START, action="read_event", outcome=Outcome.allowed)])
+    client, auditor = TestClient(app), bearer(app, "auditor", scopes=["audit"])
+    window = {"since": START.isoformat(), "until": (START + timedelta(seconds=1)).isoformat()}
+    first = _export(client, auditor, url=AUDIT_EVENTS, _count=1, **window)
+    assert [a["id"] for a in _resources(first, "AuditEvent")] == [f"audit-{big + 1}"]
+    (next_url,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+    assert f"_cursor={big + 1}" in next_url
+    second = _export(client, auditor, url=next_url)
+    assert [a["id"] for a in _resources(second, "AuditEvent")] == [f"audit-{big}"]
+    assert _audit_events(client, auditor, **window) == _resources(first, "AuditEvent") + _resources(second,
+                                                                                                   "AuditEvent")
+    assert client.get(AUDIT_EVENTS, params={"_cursor": 2**63 - 1}, headers=auditor).status_code == 200
+    assert client.get(AUDIT_EVENTS, params={"_cursor": 2**63}, headers=auditor).status_code == 422
+    assert client.get("/api/v1/audit", params={"cursor": big + 1}, headers=auditor).json()["data"][0]["id"] == big
+    clinician = bearer(app, "clinician")
+    assert client.get(BUNDLE, params={"_cursor": 2**31 - 1}, headers=clinician).status_code == 200
+    assert client.get(BUNDLE, params={"_cursor": 2**31}, headers=clinician).status_code == 422
 
 
 def _audit_events(client: TestClient, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:

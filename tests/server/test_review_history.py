@@ -133,6 +133,54 @@ def test_only_the_reviewer_can_undo_their_review(app: Any, rows: Seeded) -> None
     assert _undo(app, 987654, jo).status_code == 404
 
 
+def _undo_named(app: Any, event_id: int, headers: dict[str, str], body: Any) -> Any:
+    return TestClient(app).post(f"/api/v1/events/{event_id}/review/undo", json=body, headers=headers)
+
+
+def test_an_undo_naming_its_review_is_safe_to_repeat(app: Any, rows: Seeded) -> None:
+    """``{"review_id": ...}``: the undo takes back that review only while it is the caller's latest standing one;
+    a repeated (retried, double-clicked) undo is a 409 and leaves the review below it standing."""
+    jo, sam = bearer(app, "clinician", username="nurse.jo"), bearer(app, "clinician", username="dr.sam")
+    _review(app, rows.event_id, jo, decision="confirmed", note="first")
+    _review(app, rows.event_id, jo, decision="rejected")
+    top, below = (r["id"] for r in _history(app, rows.event_id)["data"])
+
+    undone = _undo_named(app, rows.event_id, jo, {"review_id": top})
+    assert undone.status_code == 200 and (undone.json()["status"], undone.json()["note"]) == ("confirmed", "first")
+    again = _undo_named(app, rows.event_id, jo, {"review_id": top})
+    assert again.status_code == 409
+    assert again.json()["detail"] == (f"review {top} of event {rows.event_id} is already undone (by nurse.jo): "
+                                      "nothing was changed")
+    assert _event(app, rows.event_id)["status"] == "confirmed"  # the review below was not taken back
+    assert [r["undone_at"] is None for r in _history(app, rows.event_id)["data"]] == [False, True]
+
+    # someone reviewed after it: the named review is no longer the latest
+    _review(app, rows.event_id, sam, decision="rejected")
+    late = _undo_named(app, rows.event_id, jo, {"review_id": below})
+    assert late.status_code == 409 and "no longer the latest" in late.json()["detail"]
+    assert _event(app, rows.event_id)["reviewer"] == "dr.sam"
+    # naming someone else's latest review does not make it yours
+    latest = _history(app, rows.event_id)["data"][0]["id"]
+    assert "only they can undo" in _undo_named(app, rows.event_id, jo, {"review_id": latest}).json()["detail"]
+
+    # a review of another event, or none at all: 404; not an id, extra fields: 422; an empty body: the latest
+    with session_scope(app.state.session_factory) as session:
+        event = session.get(Event, rows.event_id)
+        assert event is not None
+        other = Event(recording_id=event.recording_id, label="fall", start=5.0, end=6.0, peak_score=0.8,
+                      peak_time=5.5, model_version_id=event.model_version_id)
+        session.add(other)
+        session.flush()
+        other_id = other.id
+    assert _undo_named(app, other_id, sam, {"review_id": latest}).status_code == 404
+    assert _undo_named(app, rows.event_id, sam, {"review_id": 987654}).status_code == 404
+    for body in ({"review_id": 0}, {"review_id": 2**31}, {"review_id": "top"}, {"review_id": latest, "x": 1}):
+        assert _undo_named(app, rows.event_id, sam, body).status_code == 422, body
+    assert _event(app, rows.event_id)["reviewer"] == "dr.sam"  # none of those changed anything
+    emptied = _undo_named(app, rows.event_id, sam, {})
+    assert emptied.status_code == 200 and emptied.json()["status"] == "confirmed"
+
+
 def test_a_relabel_stays_within_the_classes_of_the_event_s_model(app: Any, rows: Seeded) -> None:
     nurse = bearer(app, "clinician")
     outside = _review(app, rows.event_id, nurse, decision="relabelled", label="sleeping")

@@ -9,6 +9,11 @@ Deterministic (fixed seed, derandomised, no example database) and bounded (``MAX
 operation, on top of the examples and coverage phases' own cases): about 1,500 requests. Hypothesis runs with no
 deadline (schemathesis sets none), so a slow machine does not make it flaky.
 
+Dates: every ``format: date-time`` input is generated from the whole range of datetimes with the extreme
+offsets (±14:00), and the two values that have no UTC equivalent (9999-12-31T23:59:59-14:00,
+0001-01-01T00:00:00+14:00) are tried first: they were a 500 on every date filter and on a recording's
+``started_at``, and the stock generator (UTC-ish offsets, dates anywhere) reaches them only by chance.
+
 Kept out, with why:
 - the stateful phase (chains of calls linked by the schema): the schema declares no links, so it would add
   nothing but run time;
@@ -27,12 +32,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 from schemathesis.config import SchemathesisConfig
 
@@ -54,6 +61,16 @@ SEED = 20260415
 BROKER = f"{REDIS_URL}/13"
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 SEEN: dict[tuple[str, str], Counter[int]] = {}  # (role, operation) -> status codes answered
+NO_UTC_EQUIVALENT = ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00")
+EXTREME_DATES_SENT: set[str] = set()  # operations that were sent one of NO_UTC_EQUIVALENT
+_OFFSETS = [UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=14)),
+            timezone(timedelta(hours=5, minutes=45))]
+schemathesis.openapi.format("date-time", st.one_of(
+    st.sampled_from(NO_UTC_EQUIVALENT),
+    st.sampled_from(["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "1899-12-31T23:59:59Z",
+                     "3000-01-01T00:00:00+00:00"]),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59),
+                 timezones=st.sampled_from(_OFFSETS)).map(datetime.isoformat)))
 
 
 def _config() -> SchemathesisConfig:
@@ -147,14 +164,22 @@ def test_the_clinician_pass_is_not_empty() -> None:
     assert {(op.ok().method.upper(), op.ok().path) for op in CLINICIAN_SCHEMA.get_all_operations()} == ADMIN_REFUSED
 
 
+def _note_extreme_dates(case: schemathesis.Case) -> None:
+    sent = [case.query, case.body] if isinstance(case.body, dict) else [case.query]
+    if any(value in NO_UTC_EQUIVALENT for part in sent if part for value in part.values()):
+        EXTREME_DATES_SENT.add(case.operation.label)
+
+
 @SCHEMA.parametrize()
 def test_every_operation_as_admin(case: schemathesis.Case, api: Api) -> None:
+    _note_extreme_dates(case)
     response = case.call_and_validate(base_url=api.base, headers=api.admin.headers(), checks=CHECKS)
     SEEN.setdefault(("admin", case.operation.label), Counter())[response.status_code] += 1
 
 
 @CLINICIAN_SCHEMA.parametrize()
 def test_admin_refused_operations_as_clinician(case: schemathesis.Case, api: Api) -> None:
+    _note_extreme_dates(case)
     response = case.call_and_validate(base_url=api.base, headers=api.clinician.headers(), checks=CHECKS)
     SEEN.setdefault(("clinician", case.operation.label), Counter())[response.status_code] += 1
 
@@ -170,3 +195,23 @@ def test_every_operation_got_past_its_guard() -> None:
         statuses = SEEN.get((role, operation.label), Counter())
         assert sum(statuses.values()) > 0, f"{operation.label} was never called"
         assert set(statuses) - {401, 403}, f"{operation.label}: only refusals as {role}: {dict(statuses)}"
+
+
+def _takes_a_date(operation: Any) -> bool:
+    """Whether a query parameter or a body field of the operation is a date-time (read from the schema)."""
+    def dated(node: Any) -> bool:
+        if isinstance(node, dict):
+            return node.get("format") == "date-time" or any(dated(v) for v in node.values())
+        return isinstance(node, list) and any(dated(v) for v in node)
+    raw = operation.definition.raw
+    return dated([p for p in raw.get("parameters", []) if p.get("in") == "query"]) or dated(raw.get("requestBody"))
+
+
+def test_every_date_input_was_sent_a_time_with_no_utc_equivalent() -> None:
+    """The attack above did send the extreme dates to each operation that takes a date (and got no 5xx)."""
+    if not SEEN:
+        pytest.skip("the schemathesis tests above did not run (deselected)")
+    dated = {result.ok().label for result in SCHEMA.get_all_operations() if _takes_a_date(result.ok())}
+    assert {"GET /api/v1/events", "GET /api/v1/audit", "GET /api/v1/fhir/Bundle", "GET /api/v1/fhir/AuditEvent",
+            "POST /api/v1/recordings"} <= dated
+    assert dated <= EXTREME_DATES_SENT, f"never sent an extreme date: {sorted(dated - EXTREME_DATES_SENT)}"

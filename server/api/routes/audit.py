@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from server.api.deps import SessionDep
-from server.api.params import BigCursorQuery, IdQuery, TextQuery
+from server.api.params import BigCursorQuery, DatetimeQuery, IdQuery, TextQuery
 from server.api.security import ReadAudit
 from server.db.access_tables import Outcome
 from server.schemas import AuditEntryPublic, AuditPublic
@@ -29,8 +28,8 @@ def read_audit(
     object_id: TextQuery(64) = None,
     action: TextQuery(64) = None,
     outcome: Outcome | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: DatetimeQuery = None,
+    until: DatetimeQuery = None,
     count: Annotated[bool, Query(description="also count every matching entry (slower)")] = False,
 ) -> AuditPublic:
     """Entries newest first. Reading the trail is itself recorded in it."""

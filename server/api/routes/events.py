@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import AwareDatetime
 
 from server.api.deps import SessionDep, SettingsDep
-from server.api.params import CursorQuery, IdPath, IdQuery, TextQuery
+from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, TextQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import EventStatus, Explanation
 from server.event_view import event_public
@@ -23,6 +22,7 @@ from server.schemas import (
     ExplanationPublic,
     ExplanationsPublic,
     ReviewIn,
+    UndoIn,
 )
 from server.services.errors import NotFoundError
 from server.services.events import get_event, list_events, review_event, undo_event_review
@@ -49,8 +49,8 @@ def read_events(
     status: EventStatus | None = None,
     label: TextQuery(64) = None,
     recording: IdQuery = None,
-    since: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone (Z or +hh:mm)")] = None,
+    since: DatetimeQuery = None,
+    until: DatetimeQuery = None,
 ) -> EventsPublic:
     """Flagged events, newest first, filterable, paginated by cursor. A time without a zone is refused (422):
     whose local time it would be is a guess."""
@@ -78,11 +78,18 @@ def post_review(session: SessionDep, access: Review, event_id: IdPath, review: R
 
 
 @router.post("/events/{event_id}/review/undo", response_model=EventPublic,
-             responses={409: {"description": "no review to undo, or the latest review is someone else's"}})
-def post_review_undo(session: SessionDep, access: Review, event_id: IdPath) -> EventPublic:
+             responses={404: {"description": "no such event, or ``review_id`` is not one of its reviews"},
+                        409: {"description": "no review to undo, the latest review is someone else's, or the named "
+                                             "review is already undone or no longer the latest"}})
+def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
+                     undo: Annotated[UndoIn | None, Body()] = None) -> EventPublic:
     """Take back your latest review of the event, if it is still the event's latest: the event returns to
-    the review before it (or to flagged). The history keeps the undone review, marked undone."""
-    event = undo_event_review(session=session, event_id=event_id, by=access.principal)
+    the review before it (or to flagged). The history keeps the undone review, marked undone.
+
+    Send ``{"review_id": ...}`` (the review you saw as the latest) to make the undo safe to repeat: a second,
+    double-clicked or retried undo then gets 409 instead of taking back the review below it."""
+    event = undo_event_review(session=session, event_id=event_id, by=access.principal,
+                              review_id=undo.review_id if undo is not None else None)
     access.note(detail=f"undid decision; now status={event.status.value}"
                        + (f" label={event.reviewed_label}" if event.reviewed_label else ""))
     return event_public(event)

@@ -8,24 +8,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from server.api.auditing import API_PREFIX
 from server.api.deps import SessionDep, SettingsDep
+from server.api.params import DatetimeQuery
 from server.api.security import Access, ReadAudit, ReadEvents
 from server.fhir.bundle import PageLinks, audit_bundle, observation_bundle
 from server.fhir.systems import FhirSystems
-from server.schemas import MAX_ID
+from server.schemas import MAX_BIG_ID, MAX_ID
 from server.services.audit import listing_detail
 from server.services.fhir_export import ExportPage, audit_entries, model_versions, reviewed_events
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 FHIR_JSON = "application/fhir+json"
 MAX_EVENTS, MAX_AUDIT = 200, 1000  # an event brings up to 8 entries (Observation, clip, overlays, Device)
-_ZONED = "ISO 8601 with a time zone (Z or +hh:mm); a time without one is refused (422)"
-Since = Annotated[AwareDatetime | None, Query(description=_ZONED)]
-Cursor = Annotated[int | None, Query(alias="_cursor", ge=1, le=MAX_ID,
-                                     description="from the previous page's `next` link; opaque")]
+_OPAQUE = "from the previous page's `next` link; opaque"
+# The cursor is the last id of the page: an event's (INTEGER) or an audit entry's (BIGINT, 64-bit).
+EventCursor = Annotated[int | None, Query(alias="_cursor", ge=1, le=MAX_ID, description=_OPAQUE)]
+AuditCursor = Annotated[int | None, Query(alias="_cursor", ge=1, le=MAX_BIG_ID, description=_OPAQUE)]
 # The body is a FHIR resource (validated by fhir.resources when built), described here by its outline only: the
 # full R4 schema is the standard's (https://hl7.org/fhir/R4/bundle.html), not ours to repeat.
 _BUNDLE_OUTLINE = {
@@ -60,7 +60,7 @@ def _note(access: Access, request: Request, kind: str, ids: Sequence[int]) -> No
 
 @router.get("/Bundle", name="export", response_class=FhirResponse, responses=_ANSWER)
 def export_observations(request: Request, session: SessionDep, settings: SettingsDep, access: ReadEvents,
-                        since: Since = None, cursor: Cursor = None,
+                        since: DatetimeQuery = None, cursor: EventCursor = None,
                         count: Annotated[int, Query(alias="_count", ge=1, le=MAX_EVENTS)] = 50) -> Response:
     """Confirmed (status final) and relabelled (amended) events reviewed at or after ``since``, each an
     Observation with its review clip and overlays (Media, URLs of this API) and its model (Device); events that
@@ -76,7 +76,7 @@ def export_observations(request: Request, session: SessionDep, settings: Setting
 
 @router.get("/AuditEvent", name="export", response_class=FhirResponse, responses=_ANSWER)
 def export_audit_events(request: Request, session: SessionDep, settings: SettingsDep, access: ReadAudit,
-                        since: Since = None, until: Since = None, cursor: Cursor = None,
+                        since: DatetimeQuery = None, until: DatetimeQuery = None, cursor: AuditCursor = None,
                         count: Annotated[int, Query(alias="_count", ge=1, le=MAX_AUDIT)] = 100) -> Response:
     """The audit trail in ``[since, until)`` as AuditEvent resources, newest first. The export is itself
     recorded in the trail."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +22,7 @@ from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
-from server.schemas import RecordingPublic, RecordingsPublic, Text
+from server.schemas import RecordingPublic, RecordingsPublic, Text, WallClock
 from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
@@ -44,15 +43,9 @@ class RecordingForm(BaseModel):
 
     room: Text(128) | None = None
     patient_ref: Text(128) | None = Field(default=None, description="pseudonymous ID, never a name")
-    started_at: datetime | None = Field(default=None, description="wall-clock start, ISO 8601 with a time zone")
+    started_at: WallClock | None = Field(default=None, description="wall-clock start, ISO 8601 with a time zone "
+                                                                   "(Z or +hh:mm), years 1900 to 2999")
     allow_duplicate: bool = Field(default=False, description="accept content identical to an earlier upload")
-
-    @field_validator("started_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("started_at needs a time zone (e.g. 2026-01-01T08:00:00Z)")
-        return value
 
 
 class RecordingSource(RecordingForm):
