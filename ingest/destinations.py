@@ -18,6 +18,10 @@ The check is per connection: the reader calls it again before every reconnect, s
 forbidden address (DNS rebinding) is refused at the next connection. FFmpeg resolves the name once more
 itself when it connects, so a name whose owner answers differently within milliseconds can still slip
 between the two look-ups: name only hosts whose DNS you trust, or list camera networks and use IP literals.
+
+The same table and checks guard webhook targets (``server.services.webhook_targets``): a policy with another
+``kind`` and schemes, whose :meth:`DestinationPolicy.check_host` gives the checked addresses the webhook sender
+then connects to (no second look-up there).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from urllib.parse import urlsplit
 from ingest.errors import DestinationRefused, DestinationUnresolved
 from ingest.stream_urls import validate_stream_url
 
-__all__ = ["SAFE_SCHEMES", "DestinationPolicy"]
+__all__ = ["SAFE_SCHEMES", "DestinationPolicy", "IPAddress"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,12 +101,20 @@ class DestinationPolicy:
             below it, not the name itself), lower case.
         schemes: URL schemes accepted.
         allow_list_name: how messages call the allow-list (the server names its setting).
+        kind: what the destinations are for, in messages ("stream", "webhook").
+        allow_special: every special address passes too (webhooks in development, or when an operator says so);
+            a name must still resolve, and the allow-list, if any, still applies.
+        special_hint: how messages say a special address could be allowed (default: name a network inside it
+            in the allow-list).
     """
 
     networks: tuple[IPNetwork, ...] = ()
     names: tuple[str, ...] = ()
     schemes: tuple[str, ...] = SAFE_SCHEMES
     allow_list_name: str = "the stream allow-list"
+    kind: str = "stream"
+    allow_special: bool = False
+    special_hint: str | None = None
 
     @classmethod
     def parse(cls, entries: Iterable[str], **kwargs: object) -> DestinationPolicy:
@@ -138,24 +150,31 @@ class DestinationPolicy:
             DestinationUnresolved: the host name does not resolve.
         """
         validate_stream_url(url, self.schemes)
-        host = (urlsplit(url).hostname or "").rstrip(".")
+        return self.check_host(urlsplit(url).hostname or "")
+
+    def check_host(self, host: str) -> tuple[IPAddress, ...]:
+        """The addresses ``host`` (a name or an address literal, without brackets) resolves to, every one of
+        them allowed; else :class:`DestinationRefused` or :class:`DestinationUnresolved`."""
+        host = host.rstrip(".")
         if not _HOST_CHARS.match(host):
-            # Anything else (percent-escapes, IPv6 zones, non-ASCII) may be read differently by FFmpeg's URL
-            # parser than by ours: refuse rather than check a host FFmpeg would not connect to.
-            raise DestinationRefused("stream URL host has unusual characters (use a plain host name or address)")
-        addresses = _resolve(host)
+            # Anything else (percent-escapes, IPv6 zones, non-ASCII) may be read differently by the client's URL
+            # parser (FFmpeg's, httpx's) than by ours: refuse rather than check a host it would not connect to.
+            raise DestinationRefused(f"{self.kind} URL host has unusual characters (use a plain host name or "
+                                     "address)")
+        addresses = _resolve(host, self.kind)
         named = self._name_listed(host)
         for address in addresses:
             plain = _unmapped(address)
             special = _special(plain)
-            if special is not None and not self._explicitly_allows(plain, special[0]):
+            if special is not None and not self.allow_special and not self._explicitly_allows(plain, special[0]):
                 network, label = special
+                hint = self.special_hint or f"allowed only when {self.allow_list_name} names a network inside {network}"
                 raise DestinationRefused(
-                    f"stream destination refused: {_shown(host, plain)} is a {label} address ({network}); "
-                    f"allowed only when {self.allow_list_name} names a network inside {network}")
+                    f"{self.kind} destination refused: {_shown(host, plain)} is a {label} address ({network}); "
+                    f"{hint}")
             if self.restricted and not named and not any(_within(plain, net) for net in self.networks):
                 raise DestinationRefused(
-                    f"stream destination refused: {_shown(host, plain)} is not in {self.allow_list_name}")
+                    f"{self.kind} destination refused: {_shown(host, plain)} is not in {self.allow_list_name}")
         return addresses
 
     def _name_listed(self, host: str) -> bool:
@@ -181,17 +200,17 @@ def _shown(host: str, address: IPAddress) -> str:
     return str(address) if host == str(address) else f"{host} resolves to {address}, which"
 
 
-def _resolve(host: str) -> tuple[IPAddress, ...]:
+def _resolve(host: str, kind: str = "stream") -> tuple[IPAddress, ...]:
     """Every address of ``host`` (A and AAAA), as the system resolver gives them to FFmpeg."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as err:
-        raise DestinationUnresolved(f"stream host {host!r} does not resolve, so it cannot be checked") from err
+        raise DestinationUnresolved(f"{kind} host {host!r} does not resolve, so it cannot be checked") from err
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise DestinationUnresolved(f"stream host {host!r} has no address")
+        raise DestinationUnresolved(f"{kind} host {host!r} has no address")
     return tuple(addresses)

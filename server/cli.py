@@ -1,4 +1,5 @@
-"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens, secret-key, streams."""
+"""``wardwatch`` command line: synth, ingest, train, db, serve, worker, demo, users, tokens, secret-key, secrets,
+streams."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server.cli_access import add_access_parsers
+from server.cli_secrets import add_secrets_parsers
 from server.cli_streams import add_streams_parsers
+from server.log_levels import quiet_secret_loggers
 
 log = logging.getLogger("wardwatch")
 
@@ -230,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_secret_key)
 
     add_access_parsers(sub)  # users, tokens, sessions (server/cli_access.py)
-    add_streams_parsers(sub)  # streams rekey (server/cli_streams.py)
+    add_secrets_parsers(sub)  # secrets rekey (server/cli_secrets.py)
+    add_streams_parsers(sub)  # streams rekey, its older name (server/cli_streams.py)
     return parser
 
 
@@ -238,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_secret_loggers()  # httpx would log webhook URLs, query tokens included, at INFO
     return int(args.func(args) or 0)
 
 

@@ -110,12 +110,14 @@ class Settings(BaseSettings):
         default=None, description="FHIR export: code system of the event labels; default "
                                   "<fhir_system_base>/CodeSystem/event-label")
     # Webhooks (docs/webhooks.md): attempt n waits base * factor**(n-1) seconds (at most max) after attempt n-1.
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="connect / read / write timeout per POST")
+    webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="connect / read / write timeout per POST; a whole attempt ends by twice this")
     webhook_max_attempts: int = Field(default=6, ge=1, description="then the delivery is failed")
     webhook_backoff_base_seconds: float = Field(default=30.0, gt=0)
     webhook_backoff_factor: float = Field(default=2.0, ge=1)
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_sweep_seconds: float = Field(default=30.0, gt=0, description="how often due deliveries are re-sent")
+    webhook_workers: int = Field(default=4, ge=1, description="embedded mode: attempts sent at once")
     webhook_allow_local_targets: bool = Field(
         default=False, description="production: allow loopback / link-local webhook URLs (always in development)")
 

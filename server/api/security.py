@@ -30,7 +30,7 @@ from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
 from server.db.access_tables import AuditLog, Outcome
 from server.db.session import session_scope
 from server.security.credentials import same
-from server.security.permissions import AUDITED_READS, PERMISSIONS, Permission, is_allowed
+from server.security.permissions import AUDITED_READS, EXPORT_BY_WEBHOOK, PERMISSIONS, Permission, is_allowed
 from server.security.principal import Principal
 from server.services.audit import AuditTarget, RequestInfo, audit_entry, record
 
@@ -85,13 +85,15 @@ def _declared_status(request: Request) -> int:
 class Guard:
     """A route's access rule: ``access: Annotated[Access, Depends(Guard(Permission.read_events), scope="function")]``.
 
-    ``permission=None``: any authenticated caller. ``own_transaction``: authenticate in a short transaction
-    of its own and leave the audit entry to the route (for uploads, which must not hold a database
-    transaction open while a large body arrives).
+    ``permission=None``: any authenticated caller. Further permissions (``Guard(a, b)``) are all required too,
+    each granted by the one table (a token needs a granting scope for each). ``own_transaction``: authenticate
+    in a short transaction of its own and leave the audit entry to the route (for uploads, which must not hold
+    a database transaction open while a large body arrives).
     """
 
-    def __init__(self, permission: Permission | None, *, own_transaction: bool = False) -> None:
+    def __init__(self, permission: Permission | None, *also: Permission, own_transaction: bool = False) -> None:
         self.permission = permission
+        self.permissions: tuple[Permission, ...] = tuple(p for p in (permission, *also) if p is not None)
         self.own_transaction = own_transaction
 
     def __call__(self, request: Request, session: SessionDep, factory: SessionFactoryDep,
@@ -109,11 +111,12 @@ class Guard:
             if not sent or principal.csrf_token is None or not same(sent, principal.csrf_token):
                 raise HTTPException(403, detail=f"missing or wrong {CSRF_HEADER} header "
                                                 "(the session's token, from GET /api/v1/session)")
-        if self.permission is not None and not principal.can(self.permission):
-            raise HTTPException(403, detail=_forbidden(principal, self.permission))
+        for permission in self.permissions:
+            if not principal.can(permission):
+                raise HTTPException(403, detail=_forbidden(principal, permission))
         access = Access(principal=principal, target=target, info=request_info(request))
         request.state.access = access
-        audited = request.method in UNSAFE_METHODS or self.permission in AUDITED_READS
+        audited = request.method in UNSAFE_METHODS or any(p in AUDITED_READS for p in self.permissions)
         yield access
         # Only reached when the route returned (an exception is audited as a refusal instead), and before the
         # request's session commits (scope="function"): the entry commits with the action or not at all.
@@ -176,4 +179,5 @@ ManageModels = Annotated[Access, Depends(Guard(Permission.manage_models), scope=
 ReadAudit = Annotated[Access, Depends(Guard(Permission.read_audit), scope="function")]
 ManageUsers = Annotated[Access, Depends(Guard(Permission.manage_users), scope="function")]
 ManageWebhooks = Annotated[Access, Depends(Guard(Permission.manage_webhooks), scope="function")]
+ExportByWebhook = Annotated[Access, Depends(Guard(*EXPORT_BY_WEBHOOK), scope="function")]  # subscribe, retry
 Authenticated = Annotated[Access, Depends(Guard(None), scope="function")]

@@ -58,7 +58,9 @@ class WebhookSubscription(Base):
 class WebhookDelivery(Base):
     """One event reported to one subscription: pending until a 2xx (delivered) or until it cannot succeed
     (failed: a 4xx, or the attempts ran out). ``next_attempt_at`` is when it is due; while an attempt is in
-    flight it is pushed forward by a lease, so a second sender finds nothing to do."""
+    flight it is pushed forward by a lease, so a second sender finds nothing to do. ``handed_over_at`` keeps
+    the sweepers from queueing a due delivery again while an earlier hand-over may still be waiting in a
+    queue."""
 
     __tablename__ = "webhook_delivery"
     __table_args__ = (
@@ -78,6 +80,8 @@ class WebhookDelivery(Base):
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(String(200))
     next_attempt_at: Mapped[datetime | None]
+    handed_over_at: Mapped[datetime | None] = mapped_column(
+        doc="when a sweeper last queued it: a due delivery is queued once per claim lease (migration 0008)")
     retry_of_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("webhook_delivery.id"),
                                                     doc="an admin's retry of this failed delivery")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,6 +8,9 @@ so a token can never do more than its user, and a user's role change takes effec
 Decisions (README "Access control and audit"):
 * clinicians review; an auditor or admin cannot (a review is a clinical act, signed by a clinician);
 * only admins fine-tune, activate models, see jobs, and manage users, tokens and webhooks;
+* subscribing a URL to events, or retrying a delivery, sends events out of Wardwatch, so it needs
+  ``read_events`` as well as ``manage_webhooks`` (``EXPORT_BY_WEBHOOK``): a token with only ``admin`` may not
+  read events, nor have them sent to a URL of its choosing;
 * auditors read the audit trail (admins too) and may read events, to see what an entry refers to;
 * uploading, importing and streaming need ``write:recordings`` (clinicians and admins).
 """
@@ -63,6 +66,10 @@ PERMISSIONS: dict[Permission, Grant] = {
     Permission.manage_users: _grant({A}, {Scope.admin}),
     Permission.manage_webhooks: _grant({A}, {Scope.admin}),
 }
+
+# A route may need several permissions (server.api.security.Guard): all of them, each granted as above. Sending
+# events to a subscriber's URL is an export of them, so it also needs what reading them needs.
+EXPORT_BY_WEBHOOK: tuple[Permission, ...] = (Permission.manage_webhooks, Permission.read_events)
 
 # Permissions whose *allowed* reads are written to the audit trail: patient data, the trail itself, jobs (their
 # parameters name stream sources), accounts / tokens and webhooks (the delivery log holds the events sent).

@@ -33,6 +33,20 @@ def create_subscription(*, session: Session, box: SecretBox, url: str, events: I
     return row, secret
 
 
+def reencrypt_webhook_secrets(*, session: Session, box: SecretBox) -> int:
+    """After a key rotation: every subscription's signing secret (deactivated ones too: a retry may need them
+    no more, but an old key must not be kept for them) re-encrypted with the first key. Returns how many were
+    rewritten; raises ``SecretUnreadable`` when one opens with none of the keys."""
+    count = 0
+    for row in session.scalars(select(WebhookSubscription)).all():
+        rotated = box.rotate(row.secret_encrypted)
+        if rotated != row.secret_encrypted:
+            row.secret_encrypted = rotated
+            count += 1
+    session.flush()
+    return count
+
+
 def list_subscriptions(*, session: Session) -> Sequence[WebhookSubscription]:
     return session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.id)).all()
 

@@ -49,7 +49,8 @@ class EmbeddedDispatcher:
     #: how long a new stream waits for a reader slot that a finishing stream is about to give back
     STREAM_SLOT_WAIT = 5.0
 
-    def __init__(self, context: WorkerContext, workers: int = 1, max_streams: int = 8) -> None:
+    def __init__(self, context: WorkerContext, workers: int = 1, max_streams: int = 8,
+                 webhook_workers: int = 4) -> None:
         self._context = context
         # Live streams run until stopped, so each holds a thread of its own, but never more than max_streams:
         # the API admits streams by counting live stream jobs, and this is the hard bound on threads behind it.
@@ -57,8 +58,10 @@ class EmbeddedDispatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wardwatch-worker")
         # Training gets its own thread so a long fine-tune never holds up scoring (the `training` queue).
         self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardwatch-training")
-        # Webhooks wait on the network, not the CPU: their own threads, so scoring never holds them up.
-        self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wardwatch-webhooks")
+        # Webhooks wait on the network, not the CPU: their own threads, so scoring never holds them up. Each
+        # attempt ends by its deadline (webhook_delivery.attempt_deadline_seconds), so a slow receiver holds a
+        # thread for seconds, not for as long as it likes.
+        self._webhooks = ThreadPoolExecutor(max_workers=webhook_workers, thread_name_prefix="wardwatch-webhooks")
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self.futures: list[Future[None]] = []
@@ -161,6 +164,7 @@ class CeleryDispatcher:
 def make_dispatcher(settings: Settings, context: WorkerContext) -> Dispatcher:
     if settings.embedded:
         log.info("embedded mode: tasks run inside this process")
-        return EmbeddedDispatcher(context, workers=settings.embedded_workers, max_streams=settings.max_streams)
+        return EmbeddedDispatcher(context, workers=settings.embedded_workers, max_streams=settings.max_streams,
+                                  webhook_workers=settings.webhook_workers)
     log.info("broker mode: tasks go to %s", settings.broker_url)
     return CeleryDispatcher(settings)

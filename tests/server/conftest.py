@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from server.main import create_app
 from server.settings import Settings
 from tests.accounts import act_as, bearer
+from tests.server.webhooks_support import dripper, receiver  # noqa: F401 - fixtures of the webhook tests
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Webhook subscriptions for hospital systems (admin): create, list, deactivate, the delivery log, retry."""
+"""Webhook subscriptions for hospital systems (admin): create, list, deactivate, the delivery log, retry.
+
+Creating a subscription and retrying a delivery send events out, so they need ``read_events`` too
+(``ExportByWebhook``); the others are ``manage_webhooks`` alone. Delivery ids are BIGINT (``BigIdPath``)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from server.api.deps import SessionDep, SettingsDep
-from server.api.params import CursorQuery, IdPath
-from server.api.security import ManageWebhooks
+from server.api.params import BigCursorQuery, BigIdPath, IdPath
+from server.api.security import ExportByWebhook, ManageWebhooks
 from server.db.webhook_tables import DeliveryStatus
 from server.schemas import (
     WebhookCreate,
@@ -17,6 +20,7 @@ from server.schemas import (
     WebhookDeliveryPublic,
     WebhookPublic,
     WebhooksPublic,
+    redact_url_secrets,
 )
 from server.services.webhook_subscriptions import (
     create_subscription,
@@ -31,9 +35,10 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 @router.post("", status_code=201, response_model=WebhookCreated)
-def post_webhook(session: SessionDep, settings: SettingsDep, access: ManageWebhooks,
+def post_webhook(session: SessionDep, settings: SettingsDep, access: ExportByWebhook,
                  body: WebhookCreate) -> WebhookCreated:
     """Subscribe a URL to event types. The answer holds the signing secret, the only time it is ever shown.
+    Needs ``read_events`` as well (a token: the ``admin`` and ``read:events`` scopes): the URL gets the events.
 
     422 for a URL that is not http(s), holds credentials, or (in production, unless
     WARDWATCH_WEBHOOK_ALLOW_LOCAL_TARGETS) points at a loopback or link-local address."""
@@ -44,7 +49,7 @@ def post_webhook(session: SessionDep, settings: SettingsDep, access: ManageWebho
             allow_local=settings.webhook_allow_local_targets or not settings.production)
     except UnsafeTarget as exc:
         raise HTTPException(422, detail=f"webhook URL: {exc}") from exc
-    access.note(object_id=row.id, detail=f"events={' '.join(row.events)}")
+    access.note(object_id=row.id, detail=f"events={' '.join(row.events)} url={redact_url_secrets(row.url)}")
     return WebhookCreated(**WebhookPublic.model_validate(row).model_dump(), secret=secret)
 
 
@@ -63,7 +68,7 @@ def delete_webhook(session: SessionDep, _access: ManageWebhooks, webhook_id: IdP
 
 @router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveriesPublic)
 def read_deliveries(session: SessionDep, _access: ManageWebhooks, webhook_id: IdPath,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: CursorQuery = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: BigCursorQuery = None,
                     status: DeliveryStatus | None = None) -> WebhookDeliveriesPublic:
     """The delivery log, newest first: each delivery's state and every attempt's status code or error."""
     page, total = list_deliveries(session=session, subscription_id=webhook_id, limit=limit, cursor=cursor,
@@ -74,9 +79,10 @@ def read_deliveries(session: SessionDep, _access: ManageWebhooks, webhook_id: Id
 
 @router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=WebhookDeliveryPublic,
              responses={409: {"description": "the delivery has not failed (pending or delivered)"}})
-def post_retry(session: SessionDep, access: ManageWebhooks, webhook_id: IdPath,
-               delivery_id: IdPath) -> WebhookDeliveryPublic:
-    """Send a failed delivery's event again, as a new delivery (new id, fresh attempts); 409 unless failed."""
+def post_retry(session: SessionDep, access: ExportByWebhook, webhook_id: IdPath,
+               delivery_id: BigIdPath) -> WebhookDeliveryPublic:
+    """Send a failed delivery's event again, as a new delivery (new id, fresh attempts); 409 unless failed.
+    Needs ``read_events`` as well, as subscribing does."""
     retried = retry_delivery(session=session, subscription_id=webhook_id, delivery_id=delivery_id)
     access.note(detail=f"delivery={delivery_id} retry={retried.id}")
     return WebhookDeliveryPublic.model_validate(retried)
