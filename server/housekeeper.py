@@ -10,10 +10,10 @@ process can use, and a row deleted by one is simply not there for the others.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.background import BackgroundThread
 from server.db.session import session_scope
 from server.services.housekeeping import Purged, purge_expired
 from server.settings import Settings
@@ -21,20 +21,12 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class Housekeeper:
+class Housekeeper(BackgroundThread):
     """Purges once when started, then every ``settings.purge_interval_minutes`` (0: only at start-up)."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
         self.settings, self.factory = settings, factory
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wardwatch-housekeeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__("wardwatch-housekeeper")
 
     def purge_once(self) -> Purged:
         with session_scope(self.factory) as session:

@@ -8,11 +8,11 @@ that is refused is moved to ``failed/`` beside a ``.reason.txt``. Run it on one 
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.watch import WatchFolder
+from server.background import BackgroundThread
 from server.db.access_tables import AuditLog, Outcome
 from server.services.audit import AuditTarget, RequestInfo, audit_entry
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
@@ -29,22 +29,14 @@ def _system_entry() -> AuditLog:
                        username="system:watch-folder")
 
 
-class FolderWatcher:
+class FolderWatcher(BackgroundThread):
     """Polls the watch folder every ``settings.watch_interval`` seconds until stopped."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher) -> None:
         assert settings.watch_dir is not None
         self.settings, self.factory, self.dispatcher = settings, factory, dispatcher
         self.folder = WatchFolder(settings.watch_dir, settle_seconds=settings.watch_settle_seconds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wardwatch-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__("wardwatch-watch")
 
     def _run(self) -> None:
         log.info("watching %s", self.folder.root)

@@ -14,10 +14,10 @@ are stuck, a pass every 30 s used to add the whole backlog to the executor queue
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.background import BackgroundThread
 from server.db.base import utcnow
 from server.db.session import session_scope
 from server.services.webhook_delivery import lease_seconds, take_due_for_hand_over
@@ -27,18 +27,10 @@ from server.worker.dispatch import Dispatcher
 log = logging.getLogger(__name__)
 
 
-class WebhookSweeper:
+class WebhookSweeper(BackgroundThread):
     def __init__(self, settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher) -> None:
         self.settings, self.factory, self.dispatcher = settings, factory, dispatcher
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wardwatch-webhook-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__("wardwatch-webhook-sweeper")
 
     def _run(self) -> None:
         overdue = 0.0  # at start-up, everything that is due
