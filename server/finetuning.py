@@ -19,6 +19,7 @@ from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, ModelState, ModelVersion
 from server.pipeline import WorkerContext
 from server.services.models import get_active_model, register_checkpoint
+from server.training_curves import TrainingCurves
 from server.training_data import build_finetune_data
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,17 @@ POLL_SECONDS = 1.0
 
 
 class _JobLink:
-    """Throttled progress writes and cancel checks for one job."""
+    """Throttled progress writes and cancel checks for one job; the curves see every report, throttled or not."""
 
     def __init__(self, ctx: WorkerContext, job_id: int) -> None:
         self.ctx, self.job_id = ctx, job_id
+        self.curves = TrainingCurves()
         self._last_write = 0.0
         self._last_check = 0.0
         self._cancelled = False
 
     def progress(self, p: TrainProgress) -> None:
+        self.curves.add(p)
         now = time.monotonic()
         if p.phase != "epoch" and now - self._last_write < POLL_SECONDS:
             return
@@ -48,7 +51,7 @@ class _JobLink:
             job = session.get(Job, self.job_id)
             if job is not None:
                 job.progress = min(0.99, p.global_step / total)
-                job.result = {**(job.result or {}), "progress": state}
+                job.result = {**(job.result or {}), "progress": state, "curves": self.curves.as_dict()}
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -93,7 +96,8 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
         result = finetune(
             base_path, out_path=out_path, labelled=data.labelled or None, unlabelled=data.unlabelled or None,
             validation=data.validation or None, mode=params["mode"],
-            hyperparameters=params.get("hyperparameters", {}), on_progress=link.progress,
+            # a step-loss point every step unless asked otherwise: the curves decimate, the writes are throttled
+            hyperparameters={"log_every": 1, **params.get("hyperparameters", {})}, on_progress=link.progress,
             should_cancel=link.should_cancel, device=ctx.settings.device,
             work_dir=ctx.settings.data_dir / "jobs" / str(job_id), also_compare=others,
             pretrained=params.get("pretrained"),

@@ -8,12 +8,22 @@ import { csrfToken, currentUser, signIn } from "./session.js";
 const BASE = "/api/v1";
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
-async function request(path, { headers, ...options } = {}, retried = false) {
+/** FastAPI's validation errors ([{loc, msg}, ...]) as "password: String should have at least 12 characters". */
+function readableDetail(detail) {
+  if (!Array.isArray(detail)) return JSON.stringify(detail);
+  return detail.map((d) => {
+    const where = (d.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
+    return where ? `${where}: ${d.msg}` : d.msg;
+  }).join("; ");
+}
+
+export async function request(path, { headers, ...options } = {}, retried = false) {
   const method = (options.method || "GET").toUpperCase();
   const response = await fetch(BASE + path, {
     ...options,
     headers: {
-      "Content-Type": "application/json",
+      // a FormData body (an upload) sets its own multipart Content-Type with the boundary
+      ...(options.body instanceof FormData ? {} : { "Content-Type": "application/json" }),
       Accept: "application/json",
       ...(UNSAFE.has(method) && csrfToken() ? { "X-CSRF-Token": csrfToken() } : {}),
       ...headers,
@@ -32,7 +42,7 @@ async function request(path, { headers, ...options } = {}, retried = false) {
     let detail = response.statusText;
     try {
       const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      detail = typeof body.detail === "string" ? body.detail : readableDetail(body.detail);
     } catch { /* not JSON */ }
     throw new Error(`${response.status}: ${detail}`);
   }
@@ -56,4 +66,16 @@ export const api = {
   activate: (id) => request(`/models/${id}/activate`, { method: "POST" }),
   startFinetune: (body) => request("/finetune-jobs", { method: "POST", body: JSON.stringify(body) }),
   cancelJob: (id) => request(`/jobs/${id}/cancel`, { method: "POST" }),
+  // admin pages (recordings, users, audit)
+  recordings: (params) => request("/recordings?" + new URLSearchParams(params)),
+  upload: (form) => request("/recordings", { method: "POST", body: form }),
+  importRecording: (body) => request("/recordings", { method: "POST", body: JSON.stringify(body) }),
+  stopStream: (id) => request(`/recordings/${id}/stop`, { method: "POST" }),
+  users: () => request("/users"),
+  createUser: (body) => request("/users", { method: "POST", body: JSON.stringify(body) }),
+  disableUser: (username) => request(`/users/${encodeURIComponent(username)}/disable`, { method: "POST" }),
+  tokens: () => request("/tokens"),
+  createToken: (body) => request("/tokens", { method: "POST", body: JSON.stringify(body) }),
+  revokeToken: (id) => request(`/tokens/${id}`, { method: "DELETE" }),
+  audit: (params) => request("/audit?" + new URLSearchParams(params)),
 };

@@ -1,5 +1,8 @@
 // Admin page: model versions (activate / roll back), start ATCON fine-tuning, watch and cancel fine-tune jobs.
 import { api } from "./api.js";
+import { perClassTable } from "./comparison.js";
+import { renderCurves } from "./curves.js";
+import "./nav.js";
 import { ensureSignedIn } from "./session.js";
 
 const POLL_MS = 2000;
@@ -107,6 +110,10 @@ function renderModels() {
     for (const line of comparisonLines(model)) {
       comparisonCell.append(el("div", { className: `comparison-${line.kind}`, title: line.title }, line.text));
     }
+    const activeId = model.metrics?.comparison?.others?.active?.model_version_id;
+    const perClass = perClassTable(model, { baseName: model.parent_id != null ? modelName(model.parent_id) : null,
+      activeName: activeId != null ? modelName(activeId) : null });
+    if (perClass) comparisonCell.append(perClass);
     const data = model.metrics?.data;
     if (data) {
       comparisonCell.append(el("div", { className: "muted small" },
@@ -283,9 +290,10 @@ function renderJobs() {
       const cancel = el("button", { type: "button", className: "cancel", textContent: "Cancel",
         "aria-label": `Cancel job ${job.id}`, onclick: () => cancelJob(job.id) });
       item = el("li", { dataset: { id: job.id } }, el("div", { className: "job-body" }),
-        el("div", { className: "job-actions" }, cancel));
+        el("div", { className: "job-actions" }, cancel), el("div", { className: "job-curves", hidden: true }));
     }
     fillJob(item, job);
+    renderCurves(item.querySelector(".job-curves"), job);
     if (list.children[i] !== item) list.insertBefore(item, list.children[i] || null);
   });
   while (list.children.length > state.jobs.length) list.lastElementChild.remove();

@@ -33,6 +33,8 @@ function renderUserBar() {
     document.querySelector("header")?.append(bar);
   }
   bar.replaceChildren();
+  // admin pages: the shared nav (nav.js) shows the pages the signed-in user may use, and hides them on sign-out
+  document.dispatchEvent(new CustomEvent("wardwatch:session", { detail: current }));
   if (!current) return;
   const button = el("button", { type: "button", id: "sign-out", textContent: "Sign out" });
   button.addEventListener("click", signOut);

@@ -63,6 +63,7 @@ class TrainProgress:
     loss: float | None
     val_macro_f1: float | None
     phase: str  # "step" or "epoch"
+    val_loss: float | None = None  # the epoch's validation loss ("epoch" reports with a validation set only)
 
 
 @dataclass
@@ -379,6 +380,7 @@ def _run_epochs(
                         row.get("loss"),
                         run.last_val,
                         "epoch",
+                        row.get("val_loss"),
                     )
                 )
     finally:

@@ -231,6 +231,8 @@ def test_best_checkpoint_by_validation_and_callbacks(tmp_path: Path) -> None:
     epochs = [e for e in events if e.phase == "epoch"]
     assert [e.epoch for e in epochs] == [0, 1, 2]
     assert [e.val_macro_f1 for e in epochs] == [row["val_macro_f1"] for row in result.history]
+    assert [e.val_loss for e in epochs] == [row["val_loss"] for row in result.history]  # for the job's curves
+    assert all(e.val_loss is None for e in events if e.phase == "step")
     assert sum(e.phase == "step" for e in events) == 3 * 2  # every 2nd of 4 steps
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert not result.model.training

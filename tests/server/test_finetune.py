@@ -3,6 +3,7 @@ rolls back; cancelling leaves no model behind; admin endpoints refuse anonymous 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def test_finetune_candidate_activate_rollback(tmp_path: Path, db_url: str, ward_
         assert job["progress"] == 1.0
         assert job["result"]["progress"]["epoch"] == 1, job["result"]
         assert job["result"]["progress"].get("loss") is not None, job["result"]["progress"]
+        curves, history = job["result"]["curves"], job["result"]["history"]
+        assert [p["epoch"] for p in curves["epochs"]] == [h["epoch"] + 1 for h in history]  # one point per epoch
+        for point, row in zip(curves["epochs"], history, strict=True):
+            assert point["loss"] == row["loss"] and point["val_macro_f1"] == row["val_macro_f1"]
+            assert point["val_loss"] == row["val_loss"]
+        steps = [s for s, _ in curves["steps"]]
+        assert steps and steps == sorted(steps) and steps[-1] <= curves["epochs"][-1]["step"]
+        assert all(math.isfinite(loss) for _, loss in curves["steps"])  # an ATCON loss may be negative
         data = job["result"]["data"]
         assert data["labelled"] >= 1 and data["unlabelled"] >= 1 and data["validation"] >= 1
 

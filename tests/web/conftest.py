@@ -84,8 +84,8 @@ def wait_until(page: Page, expression: str, timeout: float = 20.0) -> None:
 def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
     """Sign in through the page's real form, as a person would."""
     expect(page.get_by_role("heading", name="Sign in to Wardwatch")).to_be_visible()
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#signin")).to_be_hidden()
     expect(page.locator("#user-name")).to_contain_text(username)

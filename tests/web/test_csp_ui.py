@@ -1,4 +1,4 @@
-"""Both pages under the server's real Content-Security-Policy in Chromium: they load, sign in and render with
+"""Every page under the server's real Content-Security-Policy in Chromium: they load, sign in and render with
 no violation reported, the headers reach the browser, and the violation detector of the ``page`` fixture (which
 every browser test uses) really catches an inline script."""
 
@@ -41,7 +41,12 @@ def test_pages_work_under_the_csp(base: str, page: Page, csp_violations: list[st
     page.get_by_role("link", name="Models & fine-tuning").click()
     expect(page.locator("#model-rows tr")).not_to_have_count(0)
     expect(page.locator("#ft-base option")).not_to_have_count(0)
-    page.get_by_role("link", name="← Event review").click()
+    for link, ready in (("Recordings", "#recordings-count"), ("Users & tokens", "#user-rows tr"),
+                        ("Audit trail", "#audit-rows tr")):  # the admin pages, through the shared nav
+        page.locator("#site-nav").get_by_role("link", name=link, exact=True).click()
+        expect(page.locator("#site-nav a[aria-current=page]")).to_have_text(link)
+        expect(page.locator(ready).first).to_be_visible()
+    page.get_by_role("link", name="Event review").click()
     expect(page.locator("#queue-count")).to_contain_text("0 event")
     assert csp_violations == []
 

@@ -73,7 +73,7 @@ def test_finetune_and_activate_from_the_admin_page(live_server: str, page: Page)
     sign_in(page, "test-clinician")
     expect(page.get_by_role("link", name="Models & fine-tuning")).to_have_attribute("href", "models.html")
     page.goto(f"{live_server}/models.html")  # the session cookie carries over: no second sign-in
-    expect(page.get_by_role("link", name="← Event review")).to_have_attribute("href", "index.html")
+    expect(page.get_by_role("link", name="Event review")).to_have_attribute("href", "index.html")
 
     # a clinician sees the model versions but may neither see jobs nor fine-tune; the page says why
     expect(page.locator(f"#model-{active['id']}")).to_contain_text(active["name"])
