@@ -29,7 +29,7 @@ from ingest.errors import (
     StreamError,
     UnsafePathError,
 )
-from ingest.export import export_clip
+from ingest.export import ExportedClip, export_clip, export_review_clip
 from ingest.paths import resolve_import_path
 from ingest.probe import VideoInfo, probe
 from ingest.stream import ReconnectPolicy, StreamSpec, iter_stream_clips, validate_stream_url
@@ -37,6 +37,7 @@ from ingest.timestamps import started_at_from_filename
 from ingest.watch import WatchFolder
 
 __all__ = [
+    "ExportedClip",
     "Clip",
     "ClipSpec",
     "DecodeError",
@@ -53,6 +54,7 @@ __all__ = [
     "VideoInfo",
     "WatchFolder",
     "export_clip",
+    "export_review_clip",
     "iter_clips",
     "iter_frames",
     "iter_stream_clips",

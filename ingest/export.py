@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ingest.probe import probe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_clip", "output_size"]
+__all__ = ["ExportedClip", "export_clip", "export_review_clip", "output_size"]
 
 _TIME_BASE = Fraction(1, 90_000)  # MPEG's clock: exact for 24/25/30/60 fps and for variable frame rates
 
@@ -38,6 +39,18 @@ def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     w = max(2, int(width * scale) // 2 * 2)
     h = max(2, int(height * scale) // 2 * 2)
     return w, h
+
+
+@dataclass(frozen=True)
+class ExportedClip:
+    """A written review clip: ``path``, and ``start``, the recording second shown at the clip's 0 s.
+
+    ``start`` is the time of the first source frame inside the window (at or after ``start - pre``), so player
+    time ``t`` in the clip is recording time ``start + t`` exactly (frame spacing is kept)."""
+
+    path: Path
+    start: float
+    frames: int
 
 
 def export_clip(
@@ -64,13 +77,29 @@ def export_clip(
 
     Returns:
         ``Path(dst)``. Frame times keep the source's spacing (variable frame rates stay variable), the
-        first frame is at 0 s, rotation is applied to the pixels.
+        first frame is at 0 s, rotation is applied to the pixels. :func:`export_review_clip` also says which
+        recording second that first frame is.
 
     Raises:
         InvalidVideoError: ``src`` is not a readable video.
         ValueError: the window is empty (``end < start``, negative padding, or it lies past the end).
         DecodeError: no frame of the window could be decoded.
     """
+    return export_review_clip(src, dst, start, end, pre=pre, post=post, max_side=max_side, crf=crf).path
+
+
+def export_review_clip(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    start: float,
+    end: float,
+    *,
+    pre: float = 2.0,
+    post: float = 2.0,
+    max_side: int | None = None,
+    crf: int = 23,
+) -> ExportedClip:
+    """:func:`export_clip`, answering where the clip starts in the recording (arguments and errors alike)."""
     if end < start or pre < 0 or post < 0:
         raise ValueError("need start <= end and non-negative pre/post padding")
     info = probe(src)
@@ -83,16 +112,22 @@ def export_clip(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     try:
-        written = _transcode(Path(src), tmp, a, b, size, info.fps, crf)
+        written, first = _transcode(Path(src), tmp, a, b, size, info.fps, crf)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("exported %s [%.2f, %.2f] s -> %s (%d frames, %dx%d)", Path(src).name, a, b, out, written, *size)
-    return out
+    log.info("exported %s [%.2f, %.2f] s -> %s (%d frames, %dx%d)", Path(src).name, first, b, out, written, *size)
+    return ExportedClip(out, first, written)
 
 
-def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], fps: float, crf: int) -> int:
-    """Decode ``[a, b)`` of ``src`` and encode it to ``dst``; returns the number of frames written."""
+def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], fps: float,
+               crf: int) -> tuple[int, float]:
+    """Decode ``[a, b)`` of ``src`` and encode it to ``dst``; returns (frames written, first frame's time).
+
+    Presentation times count from the first frame written (pts 0), not from ``a``: a window starting between
+    two frames would otherwise begin with an empty stretch whose length players disagree on (an MP4 edit list
+    some honour and some do not), and the clip's 0 s would not be a frame of the recording.
+    """
     rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
     with (
         open_input(src) as inp,
@@ -110,7 +145,7 @@ def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], 
         enc.codec_context.time_base = _TIME_BASE
         enc.options = {"crf": str(crf), "preset": "veryfast", "profile": "high"}
 
-        written, last_pts = 0, -1
+        written, last_pts, first = 0, -1, a
         reformatter = VideoReformatter()
         for index, frame in enumerate(_frames_from(inp, stream, a, src.name)):
             t = _seconds(frame, time_base, origin, index, fps)
@@ -121,13 +156,15 @@ def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], 
             if rotation is None:
                 rotation = rotation_from_frame(frame)
             image = frame_to_rgb(frame, size, rotation, reformatter)
-            pts = max(last_pts + 1, round((t - a) / _TIME_BASE))
+            if written == 0:
+                first = t
+            pts = max(last_pts + 1, round((t - first) / _TIME_BASE))
             out.mux(enc.encode(_video_frame(image, pts)))
             written, last_pts = written + 1, pts
         if written == 0:
             raise DecodeError(f"no frame between {a:.2f} s and {b:.2f} s of {src.name} could be decoded")
         out.mux(enc.encode(None))
-    return written
+    return written, first
 
 
 def _frames_from(

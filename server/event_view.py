@@ -14,6 +14,7 @@ def event_public(event: Event) -> EventPublic:
     out = EventPublic.model_validate(event)
     out.key_frame_url = f"{API}/events/{event.id}/keyframe.png" if event.key_frame_path else None
     out.clip_url = f"{API}/events/{event.id}/clip.mp4" if event.clip_path else None
+    out.clip_start = event.clip_start if event.clip_path else None  # player time t = recording clip_start + t
     scores = [e.agreement for e in event.explanations if e.agreement is not None]
     out.agreement = scores[0] if scores else None
     return out

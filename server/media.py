@@ -1,10 +1,13 @@
-"""Explanation media for one event: key frame, Grad-CAM / Guided Backprop / Guided Grad-CAM overlays, and the
-per-frame Grad-CAM overlay video of the event's peak clip. Files live under ``<data_dir>/media/events/<id>/``.
+"""Explanation media for one event: key frame, Grad-CAM / Guided Backprop / Guided Grad-CAM overlays, the
+per-frame Grad-CAM overlay video of the event's peak clip, and the low-resolution per-frame maps of the event's
+clips that the browser draws over the playing clip (:mod:`server.frame_maps`). Files live under
+``<data_dir>/media/events/<id>/``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from model.inference import frames_to_tensor
 from model.nets import default_target_layer
 from model.visualize import gradient_image, heatmap_overlay, overlay_video, save_image
 from model.weights import LoadedModel
+from server.frame_maps import MAP_METHODS, ClipFrames, event_maps, map_size, write_maps
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class RenderedEvent:
     key_frame_time: float
     key_frame_path: Path
     explanations: list[RenderedExplanation]
+    maps_path: Path | None = None
 
 
 def _display_size(width: int, height: int) -> tuple[int, int]:
@@ -61,33 +66,54 @@ def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def render_event_media(*, loaded: LoadedModel, video_path: Path, timestamps: list[float], label_index: int,
                        source_size: tuple[int, int], out_dir: Path,
                        methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam"),
+                       map_clips: Sequence[tuple[int, list[float]]] = (), peak_index: int | None = None,
                        ) -> RenderedEvent:
     """Explain the event's peak clip for ``label_index`` and write its media into ``out_dir``.
 
     ``timestamps`` are the sampled frame times (seconds) of the peak clip, exactly as it was scored; the frames
-    are read again from the file, at the model's size and at a display size.
+    are read again from the file, at the model's size and at a display size. ``map_clips`` are the
+    ``(clip index, frame times)`` of the clips to store per-frame maps of (the peak clip, ``peak_index``, among
+    them); their frames at the model's size are read in one pass.
     """
-    model_frames = read_frames(video_path, timestamps, size=loaded.input_spec.size)   # [T,h,w,3]
+    wanted = sorted({round(float(t), 6) for _, times in map_clips for t in times} | {round(float(t), 6)
+                                                                                       for t in timestamps})
+    decoded = read_frames(video_path, wanted, size=loaded.input_spec.size)          # [F,h,w,3]
+    row = {t: i for i, t in enumerate(wanted)}
+
+    def frames_at(times: Sequence[float]) -> np.ndarray:
+        return decoded[[row[round(float(t), 6)] for t in times]]
+
+    model_frames = frames_at(timestamps)                                            # [T,h,w,3]
     display_frames = read_frames(video_path, timestamps, size=_display_size(*source_size))  # [T,H,W,3]
+    clips = [ClipFrames(index, list(times), frames_at(times)) for index, times in map_clips]
     return render_frames_media(loaded=loaded, model_frames=model_frames, display_frames=display_frames,
-                               timestamps=timestamps, label_index=label_index, out_dir=out_dir, methods=methods)
+                               timestamps=timestamps, label_index=label_index, out_dir=out_dir, methods=methods,
+                               map_clips=clips, peak_index=peak_index, maps_size=map_size(*source_size))
 
 
 def render_frames_media(*, loaded: LoadedModel, model_frames: np.ndarray, display_frames: np.ndarray,
                         timestamps: list[float], label_index: int, out_dir: Path,
                         methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam"),
-                        ) -> RenderedEvent:
+                        map_clips: Sequence[ClipFrames] = (), peak_index: int | None = None,
+                        maps_size: tuple[int, int] | None = None) -> RenderedEvent:
     """Explain a clip given as frames (uint8 ``[T,h,w,3]`` at the model's size, ``[T,H,W,3]`` for display).
 
-    Live streams use this directly: their frames are not on disk to be read again.
+    Live streams use this directly: their frames are not on disk to be read again. With ``map_clips`` (in time
+    order; the peak clip is ``peak_index`` among their indices) the per-frame maps are written too, at
+    ``maps_size`` (default: the display frames' aspect ratio); the peak clip's explanation is reused for them.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = loaded.input_spec
     height, width = display_frames.shape[1:3]
     inputs = frames_to_tensor(model_frames[None], spec).to(loaded.device)         # [1,3,T,h,w]
-    wanted = tuple(dict.fromkeys(("grad_cam", *methods, "agreement")))
+    wanted = tuple(dict.fromkeys(("grad_cam", *methods, *(MAP_METHODS if map_clips else ()), "agreement")))
     maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),
                    methods=wanted)
+    maps_path = None
+    if map_clips:
+        stored = event_maps(loaded, map_clips, label_index, maps_size or map_size(width, height),
+                            explained={peak_index: maps} if peak_index is not None else None)
+        maps_path = write_maps(stored, out_dir)
     cam = maps["grad_cam"][0].detach()                                             # [T,h,w]
     # ATCON's similarity of the layer-resolution Grad-CAM and the channel-summed |Guided Backprop|, in [-1, 1]
     score = float(maps["agreement"][0])
@@ -105,9 +131,9 @@ def render_frames_media(*, loaded: LoadedModel, model_frames: np.ndarray, displa
     rendered.append(RenderedExplanation("grad_cam", overlay, video, score))
 
     for method in ("guided_backprop", "guided_grad_cam"):
-        if method not in maps:
+        if method not in methods:
             continue
         grad = maps[method][0, :, key].detach().cpu()                              # [3,h,w]
         image = _resize_image(gradient_image(grad), height, width)
         rendered.append(RenderedExplanation(method, save_image(image, out_dir / f"{method}.png"), None, score))
-    return RenderedEvent(key_time, key_frame_path, rendered)
+    return RenderedEvent(key_time, key_frame_path, rendered, maps_path)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ingest.clips import Clip as IngestClip
 from ingest.clips import ClipSpec, IngestReport, iter_clips
 from ingest.errors import IngestError
-from ingest.export import export_clip
+from ingest.export import ExportedClip, export_review_clip
 from model.events import DetectedEvent, EventRule, detect_events
 from model.inference import ClipScorer
 from model.weights import LoadedModel
@@ -35,6 +35,7 @@ from server.db.tables import (
     Recording,
     RecordingStatus,
 )
+from server.frame_maps import event_clips
 from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
 from server.services.models import get_active_model
@@ -215,24 +216,27 @@ def flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, pro
     pending.clear()
 
 
-#: renders an event's explanation media: (peak clip position in the run, label index, out dir) -> media
-RenderMedia = Callable[[int, int, Path], RenderedEvent]
-#: writes the review clip of an event: (start s, end s, out path) -> path, or None where no file exists
-ExportClip = Callable[[float, float, Path], Path] | None
+#: renders an event's explanation media: (peak clip position in the run, positions of the clips to store
+#: per-frame maps of, label index, out dir) -> media
+RenderMedia = Callable[[int, list[int], int, Path], RenderedEvent]
+#: writes the review clip of an event: (start s, end s, out path) -> the clip, or None where no file exists
+ExportClip = Callable[[float, float, Path], ExportedClip] | None
 
 
 def file_media(ctx: WorkerContext, loaded: LoadedModel, video_path: Path, source_size: tuple[int, int],
                run: ScoreRun) -> tuple[RenderMedia, ExportClip]:
     """Media makers for a recording on disk: frames are read again from the file."""
 
-    def render(peak: int, label_index: int, out_dir: Path) -> RenderedEvent:
+    def render(peak: int, clips: list[int], label_index: int, out_dir: Path) -> RenderedEvent:
+        # a file's clips are committed in index order from 0, so a clip's position in the run is its index
         return render_event_media(loaded=loaded, video_path=video_path, timestamps=run.timestamps[peak],
                                   label_index=label_index, source_size=source_size, out_dir=out_dir,
-                                  methods=tuple(ctx.settings.explain_methods))
+                                  methods=tuple(ctx.settings.explain_methods),
+                                  map_clips=[(i, run.timestamps[i]) for i in clips], peak_index=peak)
 
-    def export(start: float, end: float, out: Path) -> Path:
-        return export_clip(video_path, out, start, end, pre=ctx.settings.review_clip_pre_seconds,
-                           post=ctx.settings.review_clip_post_seconds, max_side=MAX_OVERLAY_SIDE)
+    def export(start: float, end: float, out: Path) -> ExportedClip:
+        return export_review_clip(video_path, out, start, end, pre=ctx.settings.review_clip_pre_seconds,
+                                  post=ctx.settings.review_clip_post_seconds, max_side=MAX_OVERLAY_SIDE)
 
     return render, export
 
@@ -256,10 +260,13 @@ def store_event(ctx: WorkerContext, session: Session, recording_id: int, version
     session.flush()
     data_dir = ctx.settings.data_dir
     out_dir = ctx.settings.media_dir / "events" / str(event.id)
-    media = render(peak_clip, label_index, out_dir)
+    media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
+                   out_dir)
     if export is not None:
-        event.clip_path = str(export(found.start, found.end, out_dir / "clip.mp4").relative_to(data_dir))
+        clip = export(found.start, found.end, out_dir / "clip.mp4")
+        event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
     event.key_frame_time = media.key_frame_time
+    event.maps_path = str(media.maps_path.relative_to(data_dir)) if media.maps_path is not None else None
     event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
     for item in media.explanations:
         session.add(Explanation(

@@ -225,8 +225,58 @@ class EventPublic(_FromRow):
     key_frame_time: float | None
     key_frame_url: str | None = None
     clip_url: str | None = None
+    clip_start: float | None = Field(default=None, description="recording seconds at 0 s of the review clip: "
+                                                               "player time t is recording time clip_start + t")
     agreement: float | None = None
     created_at: datetime
+
+
+class MapMethodsPublic(BaseModel):
+    """Per-frame maps of each method: base64 of uint8 bytes, ``len(times) * height * width``, frame-major then
+    row-major; 0 = nothing, 255 = the strongest value of that method over the event."""
+
+    grad_cam: str
+    guided_backprop: str
+    guided_grad_cam: str
+
+
+class EventMapsPublic(BaseModel):
+    """The event's explanation maps at low resolution, one per sampled frame of its clips (drawn by the browser
+    over the playing review clip: show the map with the latest time at or before the current recording time)."""
+
+    event_id: int
+    width: int = Field(description="map width in pixels (long side <= 32, the recording's aspect ratio)")
+    height: int
+    times: list[float] = Field(description="recording seconds of each map frame, ascending")
+    methods: MapMethodsPublic
+    agreement: float | None = Field(description="ATCON agreement of Grad-CAM and Guided Backprop, in [-1, 1]")
+
+
+class TimelineEventPublic(BaseModel):
+    id: int
+    label: str
+    reviewed_label: str | None
+    status: EventStatus
+    source: str = Field(description="model or clinician")
+    start: float
+    end: float
+    peak_score: float
+
+
+class TimelinePublic(BaseModel):
+    """Per-class clip scores of a recording over ``[start, end]`` in equal buckets (the highest score of the
+    clips overlapping each bucket, null where no clip does), its events overlapping the range, and the outages
+    of a live stream."""
+
+    recording_id: int
+    duration: float
+    start: float
+    end: float
+    classes: list[str]
+    times: list[float] = Field(description="bucket centres, recording seconds")
+    scores: dict[str, list[float | None]]
+    events: list[TimelineEventPublic]
+    gaps: list[tuple[float, float]] = Field(description="[start, end] seconds of live-stream outages")
 
 
 class EventsPublic(BaseModel):

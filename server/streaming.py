@@ -27,6 +27,7 @@ from model.inference import ClipScorer
 from server.db.base import utcnow
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
+from server.frame_maps import ClipFrames, map_size
 from server.media import RenderedEvent, render_frames_media
 from server.pipeline import (
     ScoreRun,
@@ -99,10 +100,13 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
         clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,
                                   stop=stop, reconnect=ctx.settings.stream_reconnect(), report=report,
                                   destinations=ctx.settings.stream_destinations())
+        gaps_noted = 0
         for clip, probs in scorer.score(clips):
             position = len(run.starts)
             frames.append((position, clip))
             flush_clips(ctx, [record_clip(run, clip, probs, recording_id, version_id, class_names)], job_id, 0.0)
+            if len(report.gaps) > gaps_noted:  # an outage just ended: the timeline shows it while the stream runs
+                gaps_noted = _note_gaps(ctx, job_id, report)
             _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule,
                          final=False, loaded=loaded)
     except IngestError as exc:  # the stream's own end: refused destination, budget spent, not video
@@ -145,6 +149,15 @@ def _finish(ctx: WorkerContext, recording_id: int, job_id: int, run: ScoreRun, r
         job.result = {"clips": len(run.starts), "gaps": [list(g) for g in report.gaps], "stopped": cancelled}
 
 
+def _note_gaps(ctx: WorkerContext, job_id: int, report: IngestReport) -> int:
+    """Put the outages so far on the running job (``result["gaps"]``, as the finished job has them)."""
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            job.result = {**(job.result or {}), "gaps": [list(g) for g in report.gaps]}
+    return len(report.gaps)
+
+
 def refuse_stream(ctx: WorkerContext, recording_id: int, job_id: int, reason: str) -> None:
     """End a stream job that could not get a reader (the embedded pool is full)."""
     with session_scope(ctx.session_factory) as session:
@@ -167,13 +180,18 @@ def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_n
         return
     buffered = dict(frames)
 
-    def render(peak: int, label_index: int, out_dir: Path) -> RenderedEvent:
+    def render(peak: int, clips: list[int], label_index: int, out_dir: Path) -> RenderedEvent:
         clip = buffered.get(peak)
         if clip is None:
             raise RuntimeError(f"frames of clip {peak} are no longer buffered")
+        # maps of the event's clips still in the buffer (all of them unless the event outlasted the buffer)
+        map_clips = [ClipFrames(buffered[i].index, list(run.timestamps[i]), buffered[i].frames)
+                     for i in clips if i in buffered]
+        height, width = clip.frames.shape[1:3]
         return render_frames_media(loaded=loaded, model_frames=clip.frames, display_frames=clip.frames,
                                    timestamps=list(run.timestamps[peak]), label_index=label_index,
-                                   out_dir=out_dir, methods=tuple(ctx.settings.explain_methods))
+                                   out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
+                                   map_clips=map_clips, peak_index=clip.index, maps_size=map_size(width, height))
 
     with session_scope(ctx.session_factory) as session:
         for event in ready:

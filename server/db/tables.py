@@ -134,6 +134,8 @@ class Event(Base):
     key_frame_time: Mapped[float | None] = mapped_column(Float)
     key_frame_path: Mapped[str | None] = mapped_column(Text)
     clip_path: Mapped[str | None] = mapped_column(Text, doc="browser-playable review clip, relative")
+    clip_start: Mapped[float | None] = mapped_column(Float, doc="recording seconds at the review clip's 0 s")
+    maps_path: Mapped[str | None] = mapped_column(Text, doc="per-frame explanation maps (maps.npz), relative")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")

@@ -101,3 +101,18 @@ def test_window_from_streams_that_seek_badly_or_not_at_all(make_video, tmp_path,
     frames = list(iter_frames(out, sample_fps=None, size=None))
     assert decode_index(frames[0][2]) == round(2.0 * fps)
     assert abs(len(frames) - round(2.0 * fps)) <= 1
+
+
+
+def test_review_clip_starts_on_the_first_frame_of_the_window(make_video, tmp_path):
+    """A window starting between two frames: the clip's 0 s is the next source frame, and ``start`` says which,
+    so player time t is recording time start + t."""
+    from ingest.export import export_review_clip
+
+    src = make_video(n_frames=150, fps=15, size=(64, 48))
+    clip = export_review_clip(src, tmp_path / "w.mp4", 3.0, 4.0, pre=0.99, post=0.0)  # window from 2.01 s
+    assert clip.start == pytest.approx(31 / 15) and clip.path == tmp_path / "w.mp4"
+    frames = list(iter_frames(clip.path, sample_fps=None, size=None))
+    assert frames[0][1] == 0.0 and decode_index(frames[0][2]) == 31
+    for _, t, image in frames:  # every frame sits at its source time minus start
+        assert decode_index(image) == round((clip.start + t) * 15)

@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
+from server.api.compression import json_answer
 from server.api.deps import SessionDep, SettingsDep
 from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, TextQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import EventStatus, Explanation
 from server.event_view import event_public
 from server.schemas import (
+    EventMapsPublic,
     EventPublic,
     EventReviewPublic,
     EventReviewsPublic,
@@ -25,6 +27,7 @@ from server.schemas import (
     UndoIn,
 )
 from server.services.errors import NotFoundError
+from server.services.event_maps import get_event_maps
 from server.services.events import get_event, list_events, review_event, undo_event_review
 from server.services.reviews import list_reviews
 
@@ -111,6 +114,17 @@ def read_explanations(session: SessionDep, _access: ReadEvents, event_id: IdPath
     event = get_event(session=session, event_id=event_id)
     items = [explanation_public(e) for e in event.explanations]
     return ExplanationsPublic(data=items, count=len(items))
+
+
+@router.get("/events/{event_id}/maps", response_model=EventMapsPublic,
+            responses={404: {"description": "no such event, or it has no stored maps (a clinician-added event)"}})
+def read_event_maps(request: Request, session: SessionDep, settings: SettingsDep, _access: ReadEvents,
+                    event_id: IdPath) -> Response:
+    """Grad-CAM, Guided Backprop (magnitude) and Guided Grad-CAM of every sampled frame of the event's clips (up
+    to 8 around the peak) at low resolution (long side 32), for drawing over the playing review clip: recording
+    time is ``clip_start`` + player time. Each method is scaled 0-255 over the event. Gzip-encoded for clients
+    that accept it."""
+    return json_answer(request, get_event_maps(session=session, data_dir=settings.data_dir, event_id=event_id))
 
 
 @router.get("/events/{event_id}/keyframe.png", response_class=FileResponse)

@@ -22,12 +22,13 @@ from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
-from server.schemas import RecordingPublic, RecordingsPublic, Text, WallClock
+from server.schemas import RecordingPublic, RecordingsPublic, Text, TimelinePublic, WallClock
 from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.multipart_stream import MultipartError, receive_upload
 from server.services.recordings import get_recording, list_recordings
 from server.services.streams import STREAM_KIND, StreamRequest, start_stream
+from server.services.timeline import recording_timeline
 from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
@@ -229,3 +230,23 @@ def read_recordings(
 def read_recording(session: SessionDep, _access: ReadEvents, recording_id: IdPath) -> Recording:
     """One recording with its status and, if it failed, the reason."""
     return get_recording(session=session, recording_id=recording_id)
+
+
+MAX_TIMELINE_POINTS = 5000
+
+
+@router.get("/{recording_id}/timeline", response_model=TimelinePublic,
+            responses={422: {"description": "bad range: start < 0, end <= start, start past the end, or points out of "
+                                            "1..5000"}})
+def read_timeline(
+    session: SessionDep,
+    _access: ReadEvents,
+    recording_id: IdPath,
+    start: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="seconds; default 0")] = None,
+    end: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
+                                       description="seconds; default (and at most) the recording's end")] = None,
+    points: Annotated[int, Query(ge=1, le=MAX_TIMELINE_POINTS, description="number of buckets")] = 600,
+) -> TimelinePublic:
+    """Each class's clip score over ``[start, end]`` in ``points`` equal buckets (the highest score of the clips
+    overlapping a bucket; null where none does), the events overlapping the range and a live stream's gaps."""
+    return recording_timeline(session=session, recording_id=recording_id, start=start, end=end, points=points)
