@@ -34,6 +34,7 @@ test: install sysdeps lint
 bench: install sysdeps
 	$(BIN)/python benchmarks/attribution.py
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/ingest_cli.py --profile
 	$(BIN)/python benchmarks/training.py
 
 clean:

@@ -183,9 +183,14 @@ def frame_to_rgb(
     builds a new swscale context (filter tables included) for each frame, which was measured to cost
     about a third of the decode time at 720p; a shared one is reused while the sizes stay the same.
     The pixels are identical either way.
+
+    swscale runs single-threaded here (``threads=1``): the decoder's frame threads already keep every
+    core busy, and slicing a 112x112 output over threads cost ~20% more CPU per frame at 720p (and
+    stalled on hand-offs when the machine was loaded); the pixels are the same as with its automatic
+    thread count (tests/ingest/test_reference_decode.py).
     """
     target = coded_size(size, rotation)
-    kwargs: dict[str, Any] = {"format": "rgb24"}
+    kwargs: dict[str, Any] = {"format": "rgb24", "threads": 1}
     if target is not None and (target[0] != frame.width or target[1] != frame.height):
         kwargs.update(width=target[0], height=target[1], interpolation="BILINEAR")
     if reformatter is not None:

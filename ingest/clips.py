@@ -22,7 +22,7 @@ from ingest._cutter import Cutter, Sample
 from ingest._media import open_input, video_stream
 from ingest._reader import Kept, SampledReader, configure_threads
 from ingest.decode import check_unchanged, file_identity
-from ingest.probe import probe
+from ingest.probe import VideoInfo, probe
 from ingest.report import IngestReport
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def iter_clips(
     start_index: int = 0,
     threads: int | None = None,
     skip_unneeded: bool = False,
+    info: VideoInfo | None = None,
 ) -> Iterator[Clip]:
     """Stream the clips of a recording with bounded memory.
 
@@ -115,6 +116,8 @@ def iter_clips(
         threads: decoder threads (None: one per core).
         skip_unneeded: decode only frames that are kept or referenced by kept ones (see
             :func:`ingest.decode.iter_frames`); same clips on intact files. Ignored while resuming.
+        info: ``probe(path)``, when the caller has already probed the file (saves a second probe,
+            ~0.1 s at 720p); None probes here.
 
     Raises:
         InvalidVideoError: the file cannot be opened or no frame decodes. Problems after that
@@ -123,7 +126,7 @@ def iter_clips(
     if start_index < 0:
         raise ValueError(f"start_index must be >= 0, got {start_index}")
     report = report if report is not None else IngestReport()
-    info = probe(path)  # refuse bad files before decoding anything
+    info = info if info is not None else probe(path)  # refuse bad files before decoding anything
     if started_at is not None and started_at.tzinfo is None:
         started_at = started_at.replace(tzinfo=UTC)
     run = _Run(Path(path), spec, info.fps, started_at, report, threads)

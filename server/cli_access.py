@@ -174,8 +174,7 @@ def _sub(parent: argparse.ArgumentParser, dest: str) -> argparse._SubParsersActi
 
 def add_access_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``users``, ``tokens`` and ``sessions`` on the ``wardwatch`` parser."""
-    from server.db.access_tables import Role
-    from server.security.permissions import Scope
+    from server.security.roles import Role, Scope  # not the tables: no SQLAlchemy to build the parser
 
     roles, scopes = [r.value for r in Role], [s.value for s in Scope]
 

@@ -1,20 +1,23 @@
-"""``wardwatch ingest``: cut one file into clips and score it in this process, no server or database."""
+"""``wardwatch ingest``: cut one file into clips and score it in this process, no server or database.
+
+Why the model is imported lazily (:mod:`server.offline_scoring`): with ``score=False`` nothing of torch
+or the model code is loaded, so a decode-and-cut run starts in a fraction of a second and its memory is
+the decoder's (a few tens of MB), not torch's (~650 MB resident after ``import torch``).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.clips import Clip, ClipSpec, IngestReport, iter_clips
 from ingest.errors import StreamError
 from ingest.probe import probe
 from ingest.stream import ReconnectPolicy, iter_stream_clips, redact_url, validate_stream_url
-from model.events import EventRule, detect_events
-from model.inference import ClipScorer
-from model.weights import LoadedModel, load_checkpoint
-from server.settings import DEFAULT_MODEL_PATH
+
+if TYPE_CHECKING:
+    from model.weights import LoadedModel
 
 
 def ingest_file(path: str | Path, *, score: bool = True, model_path: Path | None = None, device: str = "auto",
@@ -30,7 +33,7 @@ def ingest_file(path: str | Path, *, score: bool = True, model_path: Path | None
         return _ingest_stream(str(path), score=score, model_path=model_path, device=device, threshold=threshold,
                               max_reconnects=max_reconnects, progress=progress)
     info = probe(path)
-    loaded = load_checkpoint(model_path or DEFAULT_MODEL_PATH, device=device) if score else None
+    loaded = _load(model_path, device) if score else None
     base = loaded.input_spec if loaded else None
     spec = ClipSpec(
         clip_seconds=clip_seconds or (base.clip_seconds if base else 2.0),
@@ -45,7 +48,7 @@ def ingest_file(path: str | Path, *, score: bool = True, model_path: Path | None
             f"({loaded.input_spec.frames} frames at {tuple(loaded.input_spec.size)})"
         )
     report = IngestReport()
-    clips: Iterable[Clip] = iter_clips(path, spec, started_at=info.creation_time, report=report)
+    clips: Iterable[Clip] = iter_clips(path, spec, started_at=info.creation_time, report=report, info=info)
     if progress:
         from tqdm import tqdm
 
@@ -61,7 +64,7 @@ def is_stream_url(text: str) -> bool:
 def _ingest_stream(url: str, *, score: bool, model_path: Path | None, device: str, threshold: float,
                    max_reconnects: int, progress: bool) -> dict[str, Any]:
     """Read a stream until it ends (or stays down after ``max_reconnects`` attempts), then summarise."""
-    loaded = load_checkpoint(model_path or DEFAULT_MODEL_PATH, device=device) if score else None
+    loaded = _load(model_path, device) if score else None
     base = loaded.input_spec if loaded else None
     spec = ClipSpec(clip_seconds=base.clip_seconds if base else 2.0,
                     stride_seconds=base.clip_seconds if base else 2.0,
@@ -85,17 +88,22 @@ def _ingest_stream(url: str, *, score: bool, model_path: Path | None, device: st
     return _summarise(clips, loaded, threshold, report, None)
 
 
+def _load(model_path: Path | None, device: str) -> LoadedModel:
+    from server.offline_scoring import load_model  # torch and the model code, only when scoring
+
+    return load_model(model_path, device)
+
+
 def _summarise(clips: Iterable[Clip], loaded: LoadedModel | None, threshold: float, report: IngestReport,
                duration: float | None) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     if loaded is None:
-        for _clip in clips:
+        for _clip in clips:  # each clip is dropped at once: memory stays one clip's worth
             pass
     else:
-        scored = ClipScorer(loaded).score_all(clips)
-        found = detect_events(scored.starts, scored.ends, scored.scores, loaded.class_names,
-                              EventRule(threshold=threshold))
-        events = [{k: v for k, v in dataclasses.asdict(e).items() if k != "clip_indices"} for e in found]
+        from server.offline_scoring import score_events
+
+        events = score_events(clips, loaded, threshold)
     return {
         "clips": report.clips,
         "frames": report.frames,

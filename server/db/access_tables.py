@@ -17,12 +17,7 @@ from sqlalchemy import BigInteger, Boolean, Enum, ForeignKey, Index, Integer, St
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, utcnow
-
-
-class Role(enum.StrEnum):
-    clinician = "clinician"
-    admin = "admin"
-    auditor = "auditor"
+from server.security.roles import Role as Role  # defined there so the CLI can offer roles without SQLAlchemy
 
 
 class Outcome(enum.StrEnum):

@@ -22,14 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.db.access_tables import Role
-
-
-class Scope(enum.StrEnum):
-    read_events = "read:events"
-    write_recordings = "write:recordings"
-    review = "review"
-    admin = "admin"
-    audit = "audit"
+from server.security.roles import Scope
 
 
 class Permission(enum.StrEnum):
