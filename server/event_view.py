@@ -17,4 +17,5 @@ def event_public(event: Event) -> EventPublic:
     out.clip_start = event.clip_start if event.clip_path else None  # player time t = recording clip_start + t
     scores = [e.agreement for e in event.explanations if e.agreement is not None]
     out.agreement = scores[0] if scores else None
+    out.room = event.recording.room if event.recording is not None else None
     return out

@@ -29,6 +29,7 @@ from server.db.session import session_scope
 from server.db.tables import (
     Clip,
     Event,
+    EventSource,
     Explanation,
     Job,
     JobStatus,
@@ -115,7 +116,9 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
         if recording.path is None:
             raise RuntimeError(f"recording {recording_id} has no stored file")
         # Events are written in one transaction at the end, so any found here belong to an older, complete run.
-        session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id))
+        # A clinician's marks are not the run's to redo: they stay (they name this version for its classes only).
+        session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id,
+                                            Event.source == EventSource.model))
         run = _committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
         recording.status = RecordingStatus.ingesting
         recording.error = None

@@ -21,7 +21,16 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ingest.stream_urls import MASK, redact_url
-from server.db.tables import EventStatus, JobStatus, ModelState, Outcome, RecordingStatus, ReviewDecision, Role
+from server.db.tables import (
+    EventSource,
+    EventStatus,
+    JobStatus,
+    ModelState,
+    Outcome,
+    RecordingStatus,
+    ReviewDecision,
+    Role,
+)
 from server.db.webhook_tables import DeliveryStatus, WebhookEventType
 from server.security.permissions import Scope
 from server.security.secret_box import is_encrypted
@@ -217,6 +226,7 @@ class EventPublic(_FromRow):
     peak_score: float
     peak_time: float
     model_version_id: int
+    source: EventSource = Field(description="model: flagged by the model; clinician: marked by a clinician")
     status: EventStatus
     reviewer: str | None
     reviewed_at: datetime | None
@@ -228,6 +238,7 @@ class EventPublic(_FromRow):
     clip_start: float | None = Field(default=None, description="recording seconds at 0 s of the review clip: "
                                                                "player time t is recording time clip_start + t")
     agreement: float | None = None
+    room: str | None = Field(default=None, description="the recording's room")
     created_at: datetime
 
 
@@ -279,10 +290,48 @@ class TimelinePublic(BaseModel):
     gaps: list[tuple[float, float]] = Field(description="[start, end] seconds of live-stream outages")
 
 
+class StatusCountsPublic(BaseModel):
+    flagged: int
+    confirmed: int
+    rejected: int
+    relabelled: int
+
+
 class EventsPublic(BaseModel):
+    """A page of the queue. ``count`` (every filter) and ``counts`` (per status, every filter but the status)
+    are given on the first page only (no cursor), null on the pages after it."""
+
     data: list[EventPublic]
-    count: int
-    next_cursor: int | None = None
+    count: int | None = None
+    counts: StatusCountsPublic | None = None
+    next_cursor: str | None = Field(default=None, description="opaque: pass it back as ``cursor`` with the same "
+                                                              "filters and sort for the next page")
+
+
+class ClinicianEventIn(BaseModel):
+    """An event the model missed, marked by a clinician on a recording: stored confirmed, with them as reviewer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Text(64, min_length=1) = Field(description="one of the classes of the model version that scored the "
+                                                      "recording (the active model if none has)")
+    start: float = Field(ge=0, allow_inf_nan=False, description="recording seconds")
+    end: float = Field(ge=0, allow_inf_nan=False, description="recording seconds, after start, at most the "
+                                                              "recording's duration")
+    note: Text(MAX_NOTE) | None = Field(default=None, description="leave it out rather than send ''")
+
+    @field_validator("note", mode="after")
+    @classmethod
+    def _note_not_blank(cls, note: str | None) -> str | None:
+        if note is not None and not note.strip():
+            raise ValueError("the note is empty: leave 'note' out instead")
+        return note
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClinicianEventIn:
+        if self.end <= self.start:
+            raise ValueError("'end' must be after 'start'")
+        return self
 
 
 class ReviewIn(BaseModel):

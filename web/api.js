@@ -8,15 +8,6 @@ import { csrfToken, currentUser, signIn } from "./session.js";
 const BASE = "/api/v1";
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
-/** FastAPI's validation errors ([{loc, msg}, ...]) as "password: String should have at least 12 characters". */
-function readableDetail(detail) {
-  if (!Array.isArray(detail)) return JSON.stringify(detail);
-  return detail.map((d) => {
-    const where = (d.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
-    return where ? `${where}: ${d.msg}` : d.msg;
-  }).join("; ");
-}
-
 export async function request(path, { headers, ...options } = {}, retried = false) {
   const method = (options.method || "GET").toUpperCase();
   const response = await fetch(BASE + path, {
@@ -39,20 +30,45 @@ export async function request(path, { headers, ...options } = {}, retried = fals
     return request(path, { headers, ...options }, true);
   }
   if (!response.ok) {
-    let detail = response.statusText;
+    let detail = response.statusText || "request failed";
     try {
-      const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail : readableDetail(body.detail);
-    } catch { /* not JSON */ }
-    throw new Error(`${response.status}: ${detail}`);
+      detail = readableDetail((await response.json()).detail) || detail;
+    } catch { /* not JSON: a proxy's page, an empty body */ }
+    const error = new Error(`${response.status}: ${detail}`);
+    error.status = response.status;
+    throw error;
   }
   return response.json();
 }
 
+/** The server's ``detail`` as one sentence: a string as it is; FastAPI's validation list as "field: message; …"
+ * (never "[object Object]" or a JSON dump in front of a clinician). */
+export function readableDetail(detail) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail.map((item) => {
+      if (typeof item === "string") return item;
+      const where = (item.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
+      return where ? `${where}: ${item.msg}` : String(item.msg ?? "invalid");
+    }).join("; ");
+  }
+  if (detail && typeof detail === "object") return String(detail.message || detail.msg || "request refused");
+  return "";
+}
+
+/** Query parameters without the empty ones (an empty filter means "any"). */
+const query = (params = {}) => new URLSearchParams(
+  Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== ""));
+
 export const api = {
   health: () => request("/health"),
   models: () => request("/models"),
-  events: (params) => request("/events?" + new URLSearchParams(params)),
+  events: (params) => request("/events?" + query(params)),
+  recording: (id) => request(`/recordings/${id}`),
+  maps: (id) => request(`/events/${id}/maps`),
+  timeline: (id, params) => request(`/recordings/${id}/timeline?` + query(params)),
+  addEvent: (recordingId, body) => request(`/recordings/${recordingId}/events`, {
+    method: "POST", body: JSON.stringify(body) }),
   event: (id) => request(`/events/${id}`),
   explanations: (id) => request(`/events/${id}/explanations`),
   review: (id, body) => request(`/events/${id}/review`, { method: "POST", body: JSON.stringify(body) }),

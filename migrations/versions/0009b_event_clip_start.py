@@ -7,7 +7,7 @@ the other media paths. Both nullable: events scored before this revision, live-s
 clinician-added events (no maps) have none.
 
 Revision ID: 0009b
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01 21:30:00.000000
 """
 from collections.abc import Sequence
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009b"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -29,6 +29,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # in place (SQLite 3.35+ drops a column without copying the table): a batch copy of "event" would cascade-
-    # delete its reviews and explanations on SQLite
+    # delete its reviews and explanations on SQLite (as migration 0009 notes)
     op.drop_column("event", "maps_path")
     op.drop_column("event", "clip_start")

@@ -15,6 +15,7 @@ from server.schemas import MAX_BIG_ID, MAX_ID, Text, UtcDatetime
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 BigIdPath = Annotated[int, Path(ge=1, le=MAX_BIG_ID)]  # the BIGINT ids (webhook deliveries)
 CursorQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="last id of the previous page")]
+OpaqueCursorQuery = Annotated[Text(512) | None, Query(description="next_cursor of the previous page, as it came")]
 IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 BigCursorQuery = Annotated[int | None, Query(ge=1, le=MAX_BIG_ID, description="last id of the previous page")]
 NamePath = Annotated[Text(64, min_length=1), Path()]

@@ -17,7 +17,7 @@ from fhir.resources.R4B.resource import Resource
 
 from server.db.access_tables import AuditLog
 from server.db.base import utcnow
-from server.db.tables import Event, ModelVersion
+from server.db.tables import Event, EventSource, ModelVersion
 from server.fhir.audit_event import audit_event
 from server.fhir.device import model_device
 from server.fhir.media import clip_media, explanation_media
@@ -66,14 +66,16 @@ def observation_bundle(events: Sequence[Event], models: Mapping[int, ModelVersio
             entries.append(_entry(retracted_observation(event, systems=systems, retracted_at=retracted[event.id]),
                                   systems, "match"))
             continue
-        if event.model_version_id not in devices:
-            device = model_device(models[event.model_version_id], systems=systems)
-            devices[event.model_version_id] = reference(device, systems)
-            entries.append(_entry(device, systems, "include"))
-        device_ref = devices[event.model_version_id]
+        device_ref = None
+        if event.source != EventSource.clinician:  # a clinician's mark was observed by no model
+            if event.model_version_id not in devices:
+                device = model_device(models[event.model_version_id], systems=systems)
+                devices[event.model_version_id] = reference(device, systems)
+                entries.append(_entry(device, systems, "include"))
+            device_ref = devices[event.model_version_id]
         subject = patient_subject(event.recording, systems)
         media = [clip] if (clip := clip_media(event, api_base=api_base, subject=subject)) else []
-        for item in event.explanations:
+        for item in event.explanations if device_ref is not None else ():
             media += explanation_media(item, api_base=api_base, systems=systems, subject=subject, device=device_ref,
                                        started_at=event.recording.started_at)
         observation = event_observation(event, systems=systems, device=device_ref,

@@ -19,11 +19,14 @@ from fhir.resources.R4B.period import Period
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from server.db.tables import Event, EventStatus, Recording
+from server.db.tables import Event, EventSource, EventStatus, Recording
 from server.fhir.systems import UCUM, FhirSystems
 
 # Observation.status: a confirmed model finding is final; a relabelled one was changed by its reviewer.
 STATUS = {EventStatus.confirmed: "final", EventStatus.relabelled: "amended"}
+# Observation.method: how the finding came about (``event.source``).
+METHOD = {EventSource.model: "flagged by the model, reviewed by a clinician",
+          EventSource.clinician: "marked by a clinician on the recording"}
 
 
 def observation_id(event_id: int) -> str:
@@ -55,10 +58,15 @@ def _unitless(value: float) -> Quantity:
 
 
 def _components(event: Event, systems: FhirSystems) -> list[ObservationComponent]:
-    out = [_component("model-label", "label flagged by the model", systems,
-                      valueCodeableConcept=label_concept(event.label, systems)),
-           _component("model-score", "model's peak probability for its label", systems,
-                      valueQuantity=_unitless(event.peak_score))]
+    if event.source == EventSource.clinician:
+        # The model flagged nothing here: no model label, and the score is the model's view of the marked range.
+        out = [_component("model-score", "model's peak probability for the label over the marked range", systems,
+                          valueQuantity=_unitless(event.peak_score))]
+    else:
+        out = [_component("model-label", "label flagged by the model", systems,
+                          valueCodeableConcept=label_concept(event.label, systems)),
+               _component("model-score", "model's peak probability for its label", systems,
+                          valueQuantity=_unitless(event.peak_score))]
     started_at = event.recording.started_at
     if started_at is not None:
         out.append(_component("peak-time", "time of the peak score", systems,
@@ -89,10 +97,17 @@ def retracted_observation(event: Event, *, systems: FhirSystems, retracted_at: d
     )
 
 
-def event_observation(event: Event, *, systems: FhirSystems, device: Reference, media: list[Reference]
+def method_concept(event: Event, systems: FhirSystems) -> CodeableConcept:
+    source = EventSource(event.source or EventSource.model)
+    return CodeableConcept(coding=[Coding(system=systems.code_system("event-source"), code=source.value,
+                                          display=METHOD[source])], text=METHOD[source])
+
+
+def event_observation(event: Event, *, systems: FhirSystems, device: Reference | None, media: list[Reference]
                       ) -> Observation:
     """``event`` must be confirmed or relabelled, with its recording and explanations loaded. ``device`` and
-    ``media`` are references to the model's Device and the event's Media in the same bundle."""
+    ``media`` are references to the model's Device and the event's Media in the same bundle (no device for a
+    clinician-added event: no model observed it)."""
     if event.status not in STATUS:
         raise ValueError(f"event {event.id} is {event.status.value}: only reviewed findings are exported")
     label = event.reviewed_label if event.status == EventStatus.relabelled and event.reviewed_label else event.label
@@ -111,6 +126,7 @@ def event_observation(event: Event, *, systems: FhirSystems, device: Reference, 
         effectivePeriod=_period(event.start_wall, event.end_wall),
         issued=event.reviewed_at,
         performer=[reviewer] if reviewer else None,
+        method=method_concept(event, systems),
         device=device,
         derivedFrom=media or None,
         note=note,

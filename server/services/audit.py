@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from server.db.access_tables import AuditLog, Outcome
 from server.security.principal import Principal
+from server.services.pagination import id_page
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class AuditFilter:
 
 
 def list_audit(*, session: Session, filters: AuditFilter, limit: int, cursor: int | None = None,
-               with_count: bool = False) -> tuple[Sequence[AuditLog], int | None]:
+               with_count: bool = False) -> tuple[Sequence[AuditLog], int | None, int | None]:
     """Newest first; ``cursor`` is the last id of the previous page. The total is counted only on request
     (the trail grows without bound, and counting it all costs a full scan)."""
     query = select(AuditLog)
@@ -111,6 +112,5 @@ def list_audit(*, session: Session, filters: AuditFilter, limit: int, cursor: in
     if filters.until is not None:
         query = query.where(AuditLog.at < filters.until)
     total = session.scalar(select(func.count()).select_from(query.subquery())) if with_count else None
-    if cursor is not None:
-        query = query.where(AuditLog.id < cursor)
-    return session.scalars(query.order_by(AuditLog.id.desc()).limit(limit)).all(), total
+    page, next_cursor = id_page(session, query, id_column=AuditLog.id, limit=limit, cursor=cursor)
+    return page, total, next_cursor

@@ -1,41 +1,15 @@
-"""Event rows: list with filters and cursor pagination, read, review, undo a review."""
+"""Event rows: read, review, undo a review (the queue and its pages: ``server.services.event_queue``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
-
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server.db.tables import Event, EventStatus
+from server.db.tables import Event
 from server.schemas import ReviewIn
 from server.security.principal import Principal
 from server.services.errors import NotFoundError
 from server.services.reviews import record_review, undo_review
 from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
-
-
-def list_events(*, session: Session, limit: int, cursor: int | None = None, status: EventStatus | None = None,
-                label: str | None = None, recording_id: int | None = None, since: datetime | None = None,
-                until: datetime | None = None) -> tuple[Sequence[Event], int]:
-    """Newest first; ``cursor`` is the last id of the previous page. Returns (page, total matching)."""
-    query = select(Event)
-    if status is not None:
-        query = query.where(Event.status == status)
-    if label is not None:
-        query = query.where(Event.label == label)
-    if recording_id is not None:
-        query = query.where(Event.recording_id == recording_id)
-    if since is not None:
-        query = query.where(Event.start_wall >= since)
-    if until is not None:
-        query = query.where(Event.start_wall < until)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if cursor is not None:
-        query = query.where(Event.id < cursor)
-    query = query.options(selectinload(Event.explanations)).order_by(Event.id.desc()).limit(limit)
-    return session.scalars(query).all(), total
 
 
 def get_event(*, session: Session, event_id: int) -> Event:

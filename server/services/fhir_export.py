@@ -73,6 +73,6 @@ def audit_entries(*, session: Session, limit: int, since: datetime | None = None
                   cursor: int | None = None) -> ExportPage[AuditLog]:
     """Audit entries in ``[since, until)``, newest first (the order of ``GET /audit``; new entries written while
     a client pages have higher ids and never shift the pages it has yet to read)."""
-    rows, total = list_audit(session=session, filters=AuditFilter(since=since, until=until), limit=limit + 1,
-                             cursor=cursor, with_count=True)
-    return ExportPage(rows[:limit], total or 0, rows[limit - 1].id if len(rows) > limit else None)
+    rows, total, next_cursor = list_audit(session=session, filters=AuditFilter(since=since, until=until),
+                                          limit=limit, cursor=cursor, with_count=True)
+    return ExportPage(rows, total or 0, next_cursor)

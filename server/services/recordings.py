@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from ingest.probe import VideoInfo
 from server.db.tables import Recording, RecordingStatus
 from server.services.errors import NotFoundError
+from server.services.pagination import id_page
 
 
 def create_recording(*, session: Session, source: str, room: str | None = None,
@@ -30,16 +31,15 @@ def get_recording(*, session: Session, recording_id: int) -> Recording:
 
 
 def list_recordings(*, session: Session, limit: int, cursor: int | None = None,
-                    status: RecordingStatus | None = None) -> tuple[Sequence[Recording], int]:
-    """Newest first; ``cursor`` is the last id of the previous page. Returns (page, total matching)."""
+                    status: RecordingStatus | None = None) -> tuple[Sequence[Recording], int, int | None]:
+    """Newest first; ``cursor`` is the last id of the previous page. Returns (page, total matching, next
+    cursor or None on the last page)."""
     query = select(Recording)
     if status is not None:
         query = query.where(Recording.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if cursor is not None:
-        query = query.where(Recording.id < cursor)
-    page = session.scalars(query.order_by(Recording.id.desc()).limit(limit)).all()
-    return page, total
+    page, next_cursor = id_page(session, query, id_column=Recording.id, limit=limit, cursor=cursor)
+    return page, total, next_cursor
 
 
 def find_duplicate(*, session: Session, sha256: str, exclude_id: int) -> Recording | None:

@@ -26,6 +26,7 @@ from server.db.tables import Event, EventReview, EventStatus, ModelVersion, Revi
 from server.schemas import ReviewIn
 from server.security.principal import Principal
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
+from server.services.pagination import id_page
 
 
 def allowed_labels(*, session: Session, event: Event) -> list[str]:
@@ -129,16 +130,15 @@ def _standing_id(session: Session, event_id: int) -> int | None:
 
 
 def list_reviews(*, session: Session, event_id: int, limit: int,
-                 cursor: int | None = None) -> tuple[Sequence[EventReview], int]:
+                 cursor: int | None = None) -> tuple[Sequence[EventReview], int, int | None]:
     """The event's history, newest first (undone ones included); ``cursor`` is the last id of the previous
-    page. Returns (page, total). NotFoundError for an unknown event."""
+    page. Returns (page, total, next cursor or None). NotFoundError for an unknown event."""
     if session.get(Event, event_id) is None:
         raise NotFoundError("event", event_id)
     query = select(EventReview).where(EventReview.event_id == event_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if cursor is not None:
-        query = query.where(EventReview.id < cursor)
-    return session.scalars(query.order_by(EventReview.id.desc()).limit(limit)).all(), total
+    page, next_cursor = id_page(session, query, id_column=EventReview.id, limit=limit, cursor=cursor)
+    return page, total, next_cursor
 
 
 def _show(event: Event, review: EventReview | None) -> None:

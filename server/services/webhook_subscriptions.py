@@ -11,6 +11,7 @@ from server.db.base import utcnow
 from server.db.webhook_tables import DeliveryStatus, WebhookDelivery, WebhookEventType, WebhookSubscription
 from server.security.secret_box import SecretBox
 from server.services.errors import ConflictError, NotFoundError
+from server.services.pagination import id_page
 from server.services.webhook_outbox import queue_retry
 from server.services.webhook_signing import new_secret
 from server.services.webhook_targets import check_target
@@ -77,18 +78,17 @@ def deactivate_subscription(*, session: Session, subscription_id: int) -> Webhoo
 
 
 def list_deliveries(*, session: Session, subscription_id: int, limit: int, cursor: int | None = None,
-                    status: DeliveryStatus | None = None) -> tuple[Sequence[WebhookDelivery], int]:
+                    status: DeliveryStatus | None = None) -> tuple[Sequence[WebhookDelivery], int, int | None]:
     """The delivery log of a subscription, newest first, with each delivery's attempts; ``cursor`` is the last
-    id of the previous page. Returns (page, total matching)."""
+    id of the previous page. Returns (page, total matching, next cursor or None)."""
     get_subscription(session=session, subscription_id=subscription_id)
     query = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription_id)
     if status is not None:
         query = query.where(WebhookDelivery.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if cursor is not None:
-        query = query.where(WebhookDelivery.id < cursor)
-    query = query.options(selectinload(WebhookDelivery.attempt_log)).order_by(WebhookDelivery.id.desc()).limit(limit)
-    return session.scalars(query).all(), total
+    page, next_cursor = id_page(session, query.options(selectinload(WebhookDelivery.attempt_log)),
+                                id_column=WebhookDelivery.id, limit=limit, cursor=cursor)
+    return page, total, next_cursor
 
 
 def retry_delivery(*, session: Session, subscription_id: int, delivery_id: int) -> WebhookDelivery:

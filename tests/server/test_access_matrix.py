@@ -48,6 +48,8 @@ ROUTES = {
     ("GET", "/api/v1/recordings"): ("read_events", None),
     ("GET", "/api/v1/recordings/{recording_id}"): ("read_events", None),
     ("GET", "/api/v1/recordings/{recording_id}/timeline"): ("read_events", None),
+    # a label no model has: past authorisation, then 422, nothing stored
+    ("POST", "/api/v1/recordings/{recording_id}/events"): ("review", {"label": "no_such_class", "start": 0, "end": 1}),
     ("GET", "/api/v1/events"): ("read_events", None),
     ("GET", "/api/v1/events/{event_id}"): ("read_events", None),
     ("POST", "/api/v1/events/{event_id}/review"): ("review", {"decision": "confirmed"}),

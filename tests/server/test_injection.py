@@ -35,8 +35,9 @@ def test_injection_shaped_filters_find_nothing_extra(client: TestClient, rows: S
     admin = bearer(client.app, "admin")
     everything = client.get("/api/v1/events").json()
     assert everything["count"] == 1
-    filters = [("/api/v1/events", "label"), ("/api/v1/jobs", "kind"), ("/api/v1/audit", "user"),
-               ("/api/v1/audit", "action"), ("/api/v1/audit", "object_type"), ("/api/v1/audit", "object_id")]
+    filters = [("/api/v1/events", "label"), ("/api/v1/events", "room"), ("/api/v1/jobs", "kind"),
+               ("/api/v1/audit", "user"), ("/api/v1/audit", "action"), ("/api/v1/audit", "object_type"),
+               ("/api/v1/audit", "object_id")]
     for url, name in filters:
         for value in INJECTIONS:
             answer = client.get(url, params={name: value}, headers=admin)

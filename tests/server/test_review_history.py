@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import MetaData, Table, func, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from server.db.base import utcnow
@@ -367,7 +367,8 @@ def test_the_migration_backfills_one_row_per_reviewed_event(db_url: str) -> None
             common = {"recording_id": 1, "label": "fall", "start": 0.0, "end": 1.0, "peak_score": 0.9,
                       "peak_time": 0.5, "model_version_id": 1, "created_at": reviewed_at, "reviewed_label": None,
                       "note": None, "reviewer": None, "reviewed_at": None}
-            conn.execute(Event.__table__.insert(), [
+            # the event table as it is at 0003 (the ORM's has the columns of later revisions, e.g. 0009's source)
+            conn.execute(Table("event", MetaData(), autoload_with=conn).insert(), [
                 {**common, "id": 1, "status": "confirmed", "reviewer": "nurse.jo", "reviewed_at": reviewed_at,
                  "note": "seen"},
                 {**common, "id": 2, "status": "relabelled", "reviewed_label": "bed_exit", "reviewer": "admin-token",

@@ -54,19 +54,12 @@ def test_review_an_event_in_the_browser(live_server: tuple[str, dict[str, str]],
     expect(page.locator("#event-detail")).to_be_visible()
     first = events["data"][0]
     expect(page.locator("#event-title")).to_contain_text(f"event {first['id']}")
-    expect(page.locator(".tab")).to_have_count(4)
-    overlay = page.locator("#overlay")
-    expect(overlay).to_have_attribute("src", f"/api/v1/explanations/{_first_explanation(base, first, headers)}"
-                                             "/overlay.png")
-    wait_until(page, "document.getElementById('overlay').naturalWidth > 0")  # media ride on the cookie
+    # the explanation is drawn on the review clip (tests/web/test_workspace_ui.py checks its pixels)
+    expect(page.locator("#clip-figure")).to_be_visible()
+    expect(page.locator("#overlay-state")).to_have_text("Grad-CAM drawn on the video")
+    expect(page.locator("#event-clip")).to_have_attribute("src", first["clip_url"])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
-
-    page.keyboard.press("2")
-    expect(page.locator("#overlay-caption")).to_have_text("Guided Backprop")
-    wait_until(page, "document.getElementById('overlay').naturalWidth > 0")
-    expect(page.locator("#video-figure")).to_be_visible()
-    expect(page.locator("#clip-figure")).to_be_visible()
 
     page.fill("#review-note", "patient on the floor, nurse called")
     page.click("#confirm")  # a cookie-authenticated write: the page sends the session's CSRF token
@@ -84,7 +77,7 @@ def test_review_an_event_in_the_browser(live_server: tuple[str, dict[str, str]],
         expect(page.locator("#event-detail")).to_be_visible()
         # the session ends (expired, revoked): the page asks for the password and then saves the decision
         page.context.clear_cookies()
-        page.keyboard.press("x")
+        page.keyboard.press("r")
         expect(page.locator("#signin-message")).to_contain_text("session has ended")
         sign_in(page, "test-clinician")
         expect(page.locator("#review-status")).to_have_text("Saved: rejected")
@@ -119,10 +112,6 @@ def test_an_admin_cannot_review_and_the_page_says_so(live_server: tuple[str, dic
     expect(page.locator(".event-item").first).to_be_visible()
     again = httpx.get(f"{base}/api/v1/events/{first['id']}", headers=headers).json()
     assert again["status"] == "flagged" and again["reviewer"] is None
-
-
-def _first_explanation(base: str, event: dict, headers: dict[str, str]) -> int:
-    return httpx.get(f"{base}/api/v1/events/{event['id']}/explanations", headers=headers).json()["data"][0]["id"]
 
 
 def test_sign_in_is_throttled_with_a_clear_message(tmp_path: Path, page: Page) -> None:

@@ -35,6 +35,6 @@ def read_audit(
     """Entries newest first. Reading the trail is itself recorded in it."""
     filters = AuditFilter(username=user.lower() if user else None, user_id=user_id, object_type=object_type,
                           object_id=object_id, action=action, outcome=outcome, since=since, until=until)
-    page, total = list_audit(session=session, filters=filters, limit=limit, cursor=cursor, with_count=count)
-    return AuditPublic(data=[AuditEntryPublic.model_validate(e) for e in page], count=total,
-                       next_cursor=page[-1].id if len(page) == limit else None)
+    page, total, next_cursor = list_audit(session=session, filters=filters, limit=limit, cursor=cursor,
+                                          with_count=count)
+    return AuditPublic(data=[AuditEntryPublic.model_validate(e) for e in page], count=total, next_cursor=next_cursor)

@@ -11,11 +11,12 @@ from fastapi.responses import FileResponse
 
 from server.api.compression import json_answer
 from server.api.deps import SessionDep, SettingsDep
-from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, TextQuery
+from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, OpaqueCursorQuery, TextQuery
 from server.api.security import ReadEvents, Review
-from server.db.tables import EventStatus, Explanation
+from server.db.tables import EventSource, EventStatus, Explanation
 from server.event_view import event_public
 from server.schemas import (
+    ClinicianEventIn,
     EventMapsPublic,
     EventPublic,
     EventReviewPublic,
@@ -24,11 +25,14 @@ from server.schemas import (
     ExplanationPublic,
     ExplanationsPublic,
     ReviewIn,
+    StatusCountsPublic,
     UndoIn,
 )
+from server.services.clinician_events import add_clinician_event
 from server.services.errors import NotFoundError
 from server.services.event_maps import get_event_maps
-from server.services.events import get_event, list_events, review_event, undo_event_review
+from server.services.event_queue import EventFilter, QueueSort, list_events
+from server.services.events import get_event, review_event, undo_event_review
 from server.services.reviews import list_reviews
 
 router = APIRouter(tags=["events"])
@@ -43,24 +47,32 @@ def explanation_public(item: Explanation) -> ExplanationPublic:
     )
 
 
-@router.get("/events", response_model=EventsPublic)
+@router.get("/events", response_model=EventsPublic,
+            responses={422: {"description": "bad filter, or a cursor that is malformed or from another query"}})
 def read_events(
     session: SessionDep,
     _access: ReadEvents,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: CursorQuery = None,
+    cursor: OpaqueCursorQuery = None,
     status: EventStatus | None = None,
     label: TextQuery(64) = None,
+    room: TextQuery(128, "the recording's room, exactly") = None,
     recording: IdQuery = None,
     since: DatetimeQuery = None,
     until: DatetimeQuery = None,
+    min_score: Annotated[float | None, Query(ge=0, le=1, description="peak score at least this")] = None,
+    source: EventSource | None = None,
+    sort: QueueSort = QueueSort.time,
 ) -> EventsPublic:
-    """Flagged events, newest first, filterable, paginated by cursor. A time without a zone is refused (422):
-    whose local time it would be is a guess."""
-    page, total = list_events(session=session, limit=limit, cursor=cursor, status=status, label=label,
-                              recording_id=recording, since=since, until=until)
-    next_cursor = page[-1].id if len(page) == limit else None
-    return EventsPublic(data=[event_public(e) for e in page], count=total, next_cursor=next_cursor)
+    """The review queue, filterable, sorted by time (newest wall-clock start first; events without one last)
+    or by score (highest first), paginated by an opaque cursor. ``count`` and the per-status ``counts`` come
+    with the first page only. A time without a zone is refused (422): whose local time it would be is a guess."""
+    filters = EventFilter(status=status, label=label, room=room, recording_id=recording, since=since, until=until,
+                          min_score=min_score, source=source)
+    page = list_events(session=session, filters=filters, sort=sort, limit=limit, cursor=cursor)
+    return EventsPublic(data=[event_public(e) for e in page.rows], count=page.count,
+                        counts=StatusCountsPublic(**page.counts) if page.counts is not None else None,
+                        next_cursor=page.next_cursor)
 
 
 @router.get("/events/{event_id}", response_model=EventPublic)
@@ -102,8 +114,7 @@ def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
 def read_reviews(session: SessionDep, _access: ReadEvents, event_id: IdPath,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: CursorQuery = None) -> EventReviewsPublic:
     """The event's review history, newest first, undone reviews included (marked ``undone_at``)."""
-    page, total = list_reviews(session=session, event_id=event_id, limit=limit, cursor=cursor)
-    next_cursor = page[-1].id if len(page) == limit else None
+    page, total, next_cursor = list_reviews(session=session, event_id=event_id, limit=limit, cursor=cursor)
     return EventReviewsPublic(data=[EventReviewPublic.model_validate(r) for r in page], count=total,
                               next_cursor=next_cursor)
 
@@ -162,3 +173,20 @@ def _media(data_dir: Path, relative: str | None, media_type: str) -> FileRespons
     if path is None or not path.is_file() or data_dir not in path.parents:
         raise HTTPException(404, detail="media not available")
     return FileResponse(path, media_type=media_type)
+
+
+@router.post("/recordings/{recording_id}/events", status_code=201, response_model=EventPublic, tags=["recordings"],
+             responses={404: {"description": "no such recording"},
+                        422: {"description": "bad input: a label the recording's model does not have, a range "
+                                             "outside the recording, or end not after start"}})
+def post_clinician_event(session: SessionDep, settings: SettingsDep, access: Review, recording_id: IdPath,
+                         event_in: ClinicianEventIn) -> EventPublic:
+    """Mark an event the model missed: stored with source ``clinician``, confirmed, reviewed by the signed-in
+    clinician (its first review-history entry), with a review clip when the recording has a stored file. The
+    label is one of the classes of the model version that scored the recording (the active model if none has);
+    fine-tuning uses it as a positive example, as it uses a confirmed flag."""
+    event = add_clinician_event(session=session, settings=settings, recording_id=recording_id, event_in=event_in,
+                                reviewer=access.principal)
+    # the trail names the new event and its label; the note is free text (it may hold patient details), so not
+    access.note(detail=f"added clinician event {event.id} label={event.label}")
+    return event_public(event)

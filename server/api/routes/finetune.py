@@ -18,6 +18,7 @@ from server.finetuning import FINETUNE_KIND
 from server.schemas import FinetuneJobCreate, JobPublic, JobsPublic
 from server.services.errors import NotFoundError
 from server.services.models import get_active_model
+from server.services.pagination import id_page
 
 router = APIRouter(tags=["jobs"])
 
@@ -65,11 +66,8 @@ def read_jobs(session: SessionDep, _access: ReadJobs, limit: Annotated[int, Quer
     if status:
         query = query.where(Job.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if cursor is not None:
-        query = query.where(Job.id < cursor)
-    page = session.scalars(query.order_by(Job.id.desc()).limit(limit)).all()
-    return JobsPublic(data=[JobPublic.model_validate(j) for j in page], count=total,
-                      next_cursor=page[-1].id if len(page) == limit else None)
+    page, next_cursor = id_page(session, query, id_column=Job.id, limit=limit, cursor=cursor)
+    return JobsPublic(data=[JobPublic.model_validate(j) for j in page], count=total, next_cursor=next_cursor)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic,

@@ -220,8 +220,7 @@ def read_recordings(
     status: RecordingStatus | None = None,
 ) -> RecordingsPublic:
     """Recordings, newest first, paginated by cursor."""
-    page, total = list_recordings(session=session, limit=limit, cursor=cursor, status=status)
-    next_cursor = page[-1].id if len(page) == limit else None
+    page, total, next_cursor = list_recordings(session=session, limit=limit, cursor=cursor, status=status)
     return RecordingsPublic(data=[RecordingPublic.model_validate(r) for r in page], count=total,
                             next_cursor=next_cursor)
 

@@ -71,10 +71,10 @@ def read_deliveries(session: SessionDep, _access: ManageWebhooks, webhook_id: Id
                     limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: BigCursorQuery = None,
                     status: DeliveryStatus | None = None) -> WebhookDeliveriesPublic:
     """The delivery log, newest first: each delivery's state and every attempt's status code or error."""
-    page, total = list_deliveries(session=session, subscription_id=webhook_id, limit=limit, cursor=cursor,
-                                  status=status)
+    page, total, next_cursor = list_deliveries(session=session, subscription_id=webhook_id, limit=limit,
+                                               cursor=cursor, status=status)
     return WebhookDeliveriesPublic(data=[WebhookDeliveryPublic.model_validate(d) for d in page], count=total,
-                                   next_cursor=page[-1].id if len(page) == limit else None)
+                                   next_cursor=next_cursor)
 
 
 @router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=WebhookDeliveryPublic,
