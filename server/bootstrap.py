@@ -24,7 +24,8 @@ def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     settings.ensure_dirs()
     if settings.auto_migrate:
         migrate.upgrade(settings.sqlalchemy_url, secret_box=settings.secret_box)
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url, pool_size=settings.pool_size, max_overflow=settings.db_pool_overflow,
+                         pool_timeout=settings.db_pool_timeout_seconds)
     return engine, make_session_factory(engine)
 
 

@@ -13,12 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server import __version__
 from server.api import error_docs
+from server.api.admission import DatabaseAdmission, ServerBusy, busy_response, server_busy, set_thread_pool_size
 from server.api.auditing import API_PREFIX, record_refusal
 from server.api.body_limits import BodyLimitsMiddleware
 from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
@@ -31,6 +33,8 @@ from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.finetuning import FINETUNE_KIND
 from server.housekeeper import Housekeeper
 from server.model_cache import ModelCache
+from server.observability import exposition
+from server.observability.http_metrics import HttpMetricsMiddleware
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
 from server.services.streams import end_interrupted_streams
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_thread_pool_size(settings.api_threads)
         if settings.embedded:
             _resume_in_flight(context, dispatcher)
         watcher = FolderWatcher(settings, factory, dispatcher) if settings.watch_dir else None
@@ -85,9 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = factory
     app.state.dispatcher = dispatcher
     app.state.worker_context = context
+    # never more requests on the database than connections in the pool or threads to run them
+    admission = DatabaseAdmission(min(settings.api_threads, settings.pool_size), settings.db_pool_timeout_seconds)
+    app.state.db_admission = admission
+    app.state.metrics_collector = exposition.ProcessCollector(engine, admission, settings.broker_url)
 
     app.add_middleware(BodyLimitsMiddleware, idle_seconds=settings.body_idle_timeout_seconds,
                        default_max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     # Outermost last: headers go on every answer, including the 400 for an untrusted Host (DNS rebinding) and
     # the 431 for too many or too large request headers.
@@ -100,11 +110,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def refused(request: Request, status: int, detail: str) -> Response | None:
         """Audit a refusal on a guarded route; if the trail cannot be written, the answer is 503."""
         try:
-            await run_in_threadpool(record_refusal, request, factory, status, detail)
+            async with admission.slot():  # the request's own slot is already given back
+                await run_in_threadpool(record_refusal, request, factory, status, detail)
+        except ServerBusy as busy:
+            return busy_response(busy.detail)
         except Exception:  # noqa: BLE001 - any database failure: no unaudited answer goes out
             log.exception("could not write the audit entry for a refused request")
             return JSONResponse(status_code=503, content={"detail": "audit trail unavailable; try again later"})
         return None
+
+    app.add_exception_handler(ServerBusy, server_busy)
+    app.add_exception_handler(PoolTimeout, server_busy)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -132,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, session, recordings, events, jobs, finetune, audit, users, fhir, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(exposition.router)  # /metrics: its own access rule (metrics_allowed), no patient data
     if missing := unguarded_routes(app.routes):
         raise RuntimeError(f"API routes without a Guard or Public dependency: {missing}")
     error_docs.install(app)

@@ -22,7 +22,6 @@ from ingest.clips import ClipSpec, IngestReport, iter_clips
 from ingest.errors import IngestError
 from ingest.export import ExportedClip, export_review_clip
 from model.events import DetectedEvent, EventRule, detect_events
-from model.inference import ClipScorer
 from model.weights import LoadedModel
 from server.db.base import utcnow
 from server.db.session import session_scope
@@ -39,6 +38,8 @@ from server.db.tables import (
 from server.frame_maps import event_clips
 from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
+from server.observability.metrics import count_clips, observe_job
+from server.observability.scoring import ObservedScorer
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
 from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
@@ -86,16 +87,23 @@ def event_rule(settings: Settings) -> EventRule:
 
 def process_recording(ctx: WorkerContext, recording_id: int, job_id: int | None = None) -> None:
     """Score ``recording_id`` with the active model; on any failure mark it (and its job) failed with the reason."""
-    try:
-        _process(ctx, recording_id, job_id)
-    except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
-        reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
-        log.exception("recording %s failed", recording_id)
-        with session_scope(ctx.session_factory) as session:
-            recording = session.get(Recording, recording_id)
-            if recording is not None:
-                mark_failed(recording=recording, reason=reason)
-            _finish_job(session, job_id, JobStatus.failed, error=reason)
+    with observe_job("score") as job:
+        try:
+            _process(ctx, recording_id, job_id)
+        except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
+            job["outcome"] = "failed"
+            _fail(ctx, recording_id, job_id, exc)
+
+
+def _fail(ctx: WorkerContext, recording_id: int, job_id: int | None, exc: Exception) -> None:
+    """Mark the recording and its job failed with the reason (called inside the except block: logs the trace)."""
+    reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+    log.exception("recording %s failed", recording_id)
+    with session_scope(ctx.session_factory) as session:
+        recording = session.get(Recording, recording_id)
+        if recording is not None:
+            mark_failed(recording=recording, reason=reason)
+        _finish_job(session, job_id, JobStatus.failed, error=reason)
 
 
 def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
@@ -181,7 +189,7 @@ def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id:
                  spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
                  report: IngestReport, run: ScoreRun) -> None:
     """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
-    scorer = ClipScorer(loaded, batch_size=ctx.settings.score_batch_size)
+    scorer = ObservedScorer(loaded, batch_size=ctx.settings.score_batch_size)
     expected = max(1.0, duration / spec.stride_seconds)
     pending: list[Clip] = []
     clips = iter_clips(video_path, spec, started_at=started_at, report=report, start_index=len(run.starts))
@@ -216,6 +224,7 @@ def flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, pro
         session.add_all(pending)
         if job_id is not None and (job := session.get(Job, job_id)) is not None:
             job.progress = progress
+    count_clips([len(clip.frame_indices) for clip in pending])  # committed: now they count
     pending.clear()
 
 

@@ -15,6 +15,11 @@ import uvicorn
 from server.settings import Settings
 
 
-def uvicorn_config(app: Any, settings: Settings, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(app: Any, settings: Settings, host: str, port: int, log_level: str = "info",
+                   **options: Any) -> uvicorn.Config:
+    """``options`` go to uvicorn as they are (``factory=True, workers=N`` for several processes). With JSON logs
+    uvicorn's own loggers get no handlers of theirs and reach the root logger's JSON handler."""
+    if settings.log_format == "json":
+        options.setdefault("log_config", None)
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http="h11",
-                          h11_max_incomplete_event_size=settings.max_header_bytes)
+                          h11_max_incomplete_event_size=settings.max_header_bytes, **options)

@@ -91,6 +91,17 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1024 * 1024
     embedded_workers: int = 1
 
+    # Concurrency of one API process (server/api/admission.py): sync routes and dependencies run on
+    # ``api_threads`` AnyIO worker threads; at most that many requests (or the pool size, if smaller) use the
+    # database at once, each holding one pooled connection, so no thread ever waits on the pool.
+    api_threads: int = Field(default=40, ge=1, description="AnyIO worker threads (AnyIO's default is 40)")
+    db_pool_size: int | None = Field(
+        default=None, ge=1, description="pooled database connections per process; None: api_threads. Keep "
+                                        "processes x (pool + overflow) under PostgreSQL's max_connections")
+    db_pool_overflow: int = Field(default=8, ge=0, description="extra connections for background threads")
+    db_pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="a request waits this long for a database connection, then gets 503")
+
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
     score_batch_size: int = 8
     commit_every: int = Field(default=32, ge=1, description="clips per commit: progress granularity, resume point")
@@ -120,6 +131,14 @@ class Settings(BaseSettings):
     webhook_workers: int = Field(default=4, ge=1, description="embedded mode: attempts sent at once")
     webhook_allow_local_targets: bool = Field(
         default=False, description="production: allow loopback / link-local webhook URLs (always in development)")
+
+    # Observability (docs/metrics.md)
+    metrics_token: str | None = Field(default=None, repr=False,
+                                      description="GET /metrics needs 'Authorization: Bearer <this>'")
+    metrics_loopback: bool = Field(
+        default=False, description="also serve /metrics without the token to loopback callers that no proxy "
+                                   "forwarded (a Prometheus on the same host)")
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object per line")
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod
@@ -192,6 +211,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'wardwatch.db'}"
+
+    @property
+    def pool_size(self) -> int:
+        return self.db_pool_size or self.api_threads
 
     @property
     def embedded(self) -> bool:

@@ -12,6 +12,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.observability.logs import REQUEST_ID
+
 HEADER = "X-Request-ID"
 
 
@@ -31,4 +33,8 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message).append(HEADER, request_id)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = REQUEST_ID.set(request_id)  # log lines and queued tasks carry it (server.observability.logs)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

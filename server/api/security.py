@@ -132,7 +132,7 @@ def _forbidden(principal: Principal, permission: Permission) -> str:
     return f"the {principal.role.value} role may not do this"
 
 
-def public() -> None:
+async def public() -> None:
     """Marks a route as open to everyone (health, readiness, sign-in): the start-up check accepts it."""
 
 

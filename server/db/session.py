@@ -9,8 +9,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout so API and worker threads share it."""
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout so API and worker threads share it.
+
+    The pool arguments apply to server databases (PostgreSQL): the API sizes the pool to its thread pool
+    (``Settings.db_pool_size``) and keeps ``pool_timeout`` short, so a request that finds no connection is
+    answered 503 within seconds instead of waiting SQLAlchemy's default 30 s.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -23,7 +28,8 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
+                         pool_timeout=pool_timeout)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

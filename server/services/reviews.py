@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from server.db.base import utcnow
 from server.db.tables import Event, EventReview, EventStatus, ModelVersion, ReviewDecision
+from server.observability.metrics import REVIEWS
 from server.schemas import ReviewIn
 from server.security.principal import Principal
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
@@ -75,6 +76,7 @@ def record_review(*, session: Session, event_id: int, review: ReviewIn, reviewer
                             created_at=utcnow()))
     session.flush()
     _show(event, current_review(session=session, event_id=event.id))
+    REVIEWS.labels(decision=review.decision).inc()  # the decision only: no event, reviewer or label
     return event
 
 

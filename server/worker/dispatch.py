@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from server.worker.app import (
     WEBHOOKS_QUEUE,
     make_celery,
 )
+from server.worker.request_ids import task_headers
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,13 @@ class EmbeddedDispatcher:
         self.futures = [f for f in self.futures if not f.done()] + [future]
 
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
-        self._track(self._pool.submit(process_recording, self._context, recording_id, job_id))
+        # the task thread runs in a copy of the caller's context: its log lines carry the request ID
+        self._track(self._pool.submit(contextvars.copy_context().run, process_recording, self._context,
+                                      recording_id, job_id))
         return None
 
     def finetune(self, job_id: int) -> str | None:
-        self._track(self._training.submit(run_finetune, self._context, job_id))
+        self._track(self._training.submit(contextvars.copy_context().run, run_finetune, self._context, job_id))
         return None
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
@@ -105,7 +109,7 @@ class EmbeddedDispatcher:
             timer.start()
             return
         try:
-            self._webhooks.submit(self._deliver, delivery_id)
+            self._webhooks.submit(contextvars.copy_context().run, self._deliver, delivery_id)
         except RuntimeError:  # shut down: the sweeper of the next start sends it
             log.info("webhook delivery %s left to the next start", delivery_id)
 
@@ -145,17 +149,20 @@ class CeleryDispatcher:
         self._celery = make_celery(settings)
 
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
-        result = self._celery.send_task(PROCESS_RECORDING, args=[recording_id, job_id], queue=INFERENCE_QUEUE)
+        result = self._celery.send_task(PROCESS_RECORDING, args=[recording_id, job_id], queue=INFERENCE_QUEUE,
+                                        headers=task_headers())
         return str(result.id)
 
     def finetune(self, job_id: int) -> str | None:
-        return str(self._celery.send_task(FINETUNE, args=[job_id], queue=TRAINING_QUEUE).id)
+        return str(self._celery.send_task(FINETUNE, args=[job_id], queue=TRAINING_QUEUE, headers=task_headers()).id)
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
-        return str(self._celery.send_task(INGEST_STREAM, args=[recording_id, job_id], queue=STREAMS_QUEUE).id)
+        return str(self._celery.send_task(INGEST_STREAM, args=[recording_id, job_id], queue=STREAMS_QUEUE,
+                                          headers=task_headers()).id)
 
     def deliver_webhook(self, delivery_id: int, delay: float = 0.0) -> None:
-        self._celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None)
+        self._celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None,
+                               headers=task_headers())
 
     def shutdown(self) -> None:
         self._celery.close()

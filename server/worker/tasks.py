@@ -19,6 +19,7 @@ from server.worker.app import (
     WEBHOOKS_QUEUE,
     celery_app,
 )
+from server.worker.request_ids import task_headers  # also connects the task_prerun/postrun hooks
 
 
 @cache
@@ -31,7 +32,8 @@ def _context() -> WorkerContext:
 
 
 def _queue_delivery(delivery_id: int, delay: float = 0.0) -> None:
-    deliver_webhook_task.apply_async(args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None)
+    deliver_webhook_task.apply_async(args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None,
+                                     headers=task_headers())  # the request that started it all, passed on
 
 
 @celery_app.task(name=PROCESS_RECORDING, acks_late=True)
