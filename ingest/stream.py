@@ -39,8 +39,8 @@ from ingest.stream_urls import ALLOWED_SCHEMES, redact_url, scrub, validate_stre
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ALLOWED_SCHEMES", "DEFAULT_FORMATS", "ReconnectPolicy", "StreamSpec", "iter_stream_clips", "redact_url", "scrub",
-    "validate_stream_url",
+    "ALLOWED_SCHEMES", "DEFAULT_FORMATS", "ReconnectPolicy", "StreamResume", "StreamSpec", "iter_stream_clips",
+    "redact_url", "scrub", "validate_stream_url",
 ]
 
 # Protocols FFmpeg may open *underneath* the URL (an HLS playlist over http may name its segments with
@@ -81,6 +81,22 @@ class ReconnectPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         return min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True)
+class StreamResume:
+    """Where an earlier reading of the same recording stopped (its reader died), so this one continues it.
+
+    Attributes:
+        after: recording seconds of the end of the last clip kept; the outage from there to the first new
+            frame is recorded as a gap, like any reconnect.
+        next_clip: index of the next clip (clip indices continue).
+        next_frame: index of the next frame (frame indices continue).
+    """
+
+    after: float
+    next_clip: int
+    next_frame: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ def iter_stream_clips(
     reconnect: ReconnectPolicy | None = None,
     report: IngestReport | None = None,
     destinations: DestinationPolicy | None = None,
+    resume: StreamResume | None = None,
 ) -> Iterator[Clip]:
     """Yield clips of a live stream as they complete, until ``stop`` is set.
 
@@ -153,6 +170,7 @@ def iter_stream_clips(
         destinations: checked before *every* connection attempt, the first and each reconnect, so a host
             name re-pointed at a refused address is caught at the next connection (DNS rebinding). A refused
             destination ends the iteration at once; a name that does not resolve is one failed attempt.
+        resume: continue a recording an earlier reader left (needs ``started_at``, the same recording second 0).
 
     Raises:
         InvalidVideoError: bad URL, or the stream is not acceptable video (no video stream, absurd size).
@@ -170,6 +188,8 @@ def iter_stream_clips(
         report if report is not None else IngestReport(),
         destinations,
     )
+    if resume is not None:
+        session.resume_from(resume)
     yield from session.run()
 
 
@@ -201,6 +221,13 @@ class _Session:
         self.last_t: float | None = None  # recording seconds of the last frame received
         self.drops = 0
         self.frames_received = 0
+
+    def resume_from(self, resume: StreamResume) -> None:
+        """Continue indices after an earlier reader; its last clip's end counts as the last frame received."""
+        self.cutter.index = resume.next_clip
+        self.frames_received = resume.next_frame
+        self.last_t = resume.after
+        self.report.clips = resume.next_clip
 
     def run(self) -> Iterator[Clip]:
         failures = 0

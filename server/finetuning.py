@@ -14,16 +14,27 @@ from typing import Any
 from model.training.finetune import TrainingCancelled, finetune
 from model.training.loop import TrainProgress
 from model.weights import load_checkpoint
-from server.db.base import utcnow
 from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, ModelState, ModelVersion
+from server.job_lease import JobLease
 from server.pipeline import WorkerContext
+from server.services.jobs import (
+    IllegalTransition,
+    JobKind,
+    LeaseLost,
+    fail_job,
+    is_cancelled,
+    new_owner,
+    settle_cancelled,
+    start_job,
+    succeed_job,
+)
 from server.services.models import get_active_model, register_checkpoint
 from server.training_curves import TrainingCurves
 from server.training_data import build_finetune_data
 
 log = logging.getLogger(__name__)
-FINETUNE_KIND = "finetune"
+FINETUNE_KIND = JobKind.finetune
 #: how often (seconds) progress is written and the cancel flag is read: cheap for the database, quick to stop.
 POLL_SECONDS = 1.0
 
@@ -31,8 +42,8 @@ POLL_SECONDS = 1.0
 class _JobLink:
     """Throttled progress writes and cancel checks for one job; the curves see every report, throttled or not."""
 
-    def __init__(self, ctx: WorkerContext, job_id: int) -> None:
-        self.ctx, self.job_id = ctx, job_id
+    def __init__(self, ctx: WorkerContext, job_id: int, lease: JobLease) -> None:
+        self.ctx, self.job_id, self.lease = ctx, job_id, lease
         self.curves = TrainingCurves()
         self._last_write = 0.0
         self._last_check = 0.0
@@ -48,33 +59,44 @@ class _JobLink:
         state = {"epoch": p.epoch + 1, "epochs": p.epochs, "step": p.global_step, "loss": p.loss,  # epoch 1-based
                  "val_macro_f1": p.val_macro_f1}
         with session_scope(self.ctx.session_factory) as session:
-            job = session.get(Job, self.job_id)
-            if job is not None:
-                job.progress = min(0.99, p.global_step / total)
-                job.result = {**(job.result or {}), "progress": state, "curves": self.curves.as_dict()}
+            self.lease.renew(session, progress=min(0.99, p.global_step / total),
+                             result={"progress": state, "curves": self.curves.as_dict()})
 
     def should_cancel(self) -> bool:
+        """Cancelled by an administrator, or the lease lost (another worker has the job now): stop either way."""
         now = time.monotonic()
         if now - self._last_check >= POLL_SECONDS:
             self._last_check = now
             with session_scope(self.ctx.session_factory) as session:
-                job = session.get(Job, self.job_id)
-                self._cancelled = job is None or job.status == JobStatus.cancelled
-        return self._cancelled
+                self._cancelled = is_cancelled(session=session, job_id=self.job_id)
+        return self._cancelled or self.lease.lost.is_set()
 
 
 def run_finetune(ctx: WorkerContext, job_id: int) -> None:
-    """Run fine-tune job ``job_id`` (idempotent: a finished or cancelled job is left alone)."""
+    """Run fine-tune job ``job_id`` (idempotent: a job that is not queued -- finished, cancelled, running under
+    another worker -- is left alone). The job is leased for the run; a re-queued one resumes from its last
+    epoch state in ``data_dir/jobs/<id>``."""
+    owner = new_owner()
+    try:
+        with session_scope(ctx.session_factory) as session:
+            job = start_job(session=session, job_id=job_id, owner=owner, lease_seconds=ctx.settings.job_lease_seconds)
+            params: dict[str, Any] = dict(job.params)
+    except (IllegalTransition, LookupError) as exc:
+        log.info("fine-tune job %s: %s; nothing to do", job_id, exc)
+        return
+    with JobLease(ctx.session_factory, ctx.settings, job_id, owner) as lease:
+        try:
+            _run(ctx, job_id, params, lease)
+        except LeaseLost as exc:
+            log.warning("fine-tune job %s: %s; another worker carries on", job_id, exc)
+
+
+def _run(ctx: WorkerContext, job_id: int, params: dict[str, Any], lease: JobLease) -> None:
     with session_scope(ctx.session_factory) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.queued:
-            log.info("fine-tune job %s is %s: nothing to do", job_id, job.status if job else "missing")
-            return
-        job.status, job.started_at = JobStatus.running, utcnow()
-        params: dict[str, Any] = dict(job.params)
         base = session.get(ModelVersion, params["base_model_id"])
         if base is None:
-            _finish(ctx, job_id, JobStatus.failed, error=f"model version {params['base_model_id']} not found")
+            fail_job(session=session, job_id=job_id, reason=f"model version {params['base_model_id']} not found",
+                     owner=lease.owner)
             return
         base_path, base_id = base.checkpoint_path, base.id
         active = get_active_model(session=session)
@@ -82,7 +104,7 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
         others = {"active": active.checkpoint_path} if active is not None and active.id != base_id else None
         active_id = active.id if active is not None else None
     out_path = candidate_path(ctx.settings.data_dir, job_id)
-    link = _JobLink(ctx, job_id)
+    link = _JobLink(ctx, job_id, lease)
     try:
         with session_scope(ctx.session_factory) as session:
             base = session.get(ModelVersion, base_id)
@@ -106,14 +128,19 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
             result.comparison["others"]["active"]["model_version_id"] = active_id
     except TrainingCancelled:
         out_path.unlink(missing_ok=True)
-        _finish(ctx, job_id, JobStatus.cancelled, error="cancelled by an administrator")
+        lease.check()  # stopped because the job went to another worker: that worker finishes it
+        _finish(ctx, job_id, lease, JobStatus.cancelled, error="cancelled by an administrator")
         return
+    except LeaseLost:
+        out_path.unlink(missing_ok=True)
+        raise
     except Exception as exc:  # noqa: BLE001 - the reason must land on the job
         log.exception("fine-tune job %s failed", job_id)
         out_path.unlink(missing_ok=True)
-        _finish(ctx, job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        _finish(ctx, job_id, lease, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
         return
     with session_scope(ctx.session_factory) as session:
+        lease.renew(session)  # still ours: a run that lost its lease registers no model
         job = session.get(Job, job_id)
         loaded = load_checkpoint(result.path, device="cpu")
         version = register_checkpoint(session=session, loaded=loaded, activate=False,
@@ -125,22 +152,16 @@ def run_finetune(ctx: WorkerContext, job_id: int) -> None:
         session.flush()
         summary = {"model_version_id": version.id, "comparison": result.comparison, "data": data.summary(),
                    "history": result.history}
-    _finish(ctx, job_id, JobStatus.succeeded, result=summary)
+        succeed_job(session=session, job_id=job_id, owner=lease.owner, result=summary)
 
 
-def _finish(ctx: WorkerContext, job_id: int, status: JobStatus, *, result: dict | None = None,
-            error: str | None = None) -> None:
+def _finish(ctx: WorkerContext, job_id: int, lease: JobLease, status: JobStatus, *, error: str) -> None:
+    """Close the run as cancelled or failed (a job cancelled meanwhile keeps the administrator's word)."""
     with session_scope(ctx.session_factory) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return
-        if job.status == JobStatus.cancelled and status != JobStatus.cancelled:
-            status = JobStatus.cancelled  # cancelled while finishing: keep the administrator's word
-        job.status, job.finished_at, job.error = status, utcnow(), error
-        if result is not None:
-            job.result = {**(job.result or {}), **result}
-        if status == JobStatus.succeeded:
-            job.progress = 1.0
+        if status == JobStatus.cancelled:
+            settle_cancelled(session=session, job_id=job_id, owner=lease.owner, reason=error)
+        else:
+            fail_job(session=session, job_id=job_id, reason=error, owner=lease.owner)
 
 
 def candidate_path(data_dir: Path, job_id: int) -> Path:

@@ -12,7 +12,6 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import select
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,21 +27,18 @@ from server.api.request_id import RequestIdMiddleware
 from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users, webhooks
 from server.api.security import unguarded_routes
 from server.bootstrap import ensure_active_model, open_database
-from server.db.session import session_scope
-from server.db.tables import Job, JobStatus, Recording, RecordingStatus
-from server.finetuning import FINETUNE_KIND
 from server.housekeeper import Housekeeper
+from server.job_sweeper import JobSweeper
 from server.model_cache import ModelCache
 from server.observability import exposition
 from server.observability.http_metrics import HttpMetricsMiddleware
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
-from server.services.streams import end_interrupted_streams
 from server.services.webhook_outbox import send_after_commit
 from server.settings import Settings, get_settings
 from server.watcher import FolderWatcher
 from server.webhook_sweeper import WebhookSweeper
-from server.worker.dispatch import Dispatcher, make_dispatcher
+from server.worker.dispatch import make_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_thread_pool_size(settings.api_threads)
-        if settings.embedded:
-            _resume_in_flight(context, dispatcher)
+        # Jobs of dead workers: re-queued and handed on (embedded: with everything that was waiting), before
+        # serving; then every job_sweep_seconds, expired leases (see server/job_sweeper.py).
+        job_sweeper = JobSweeper(settings, factory, dispatcher)
+        job_sweeper.recover_at_startup()
+        job_sweeper.start()
         watcher = FolderWatcher(settings, factory, dispatcher) if settings.watch_dir else None
         if watcher is not None:
             watcher.start()
@@ -71,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = WebhookSweeper(settings, factory, dispatcher)
         sweeper.start()
         yield
+        job_sweeper.stop()
         sweeper.stop()
         housekeeper.stop()
         if watcher is not None:
@@ -167,33 +167,3 @@ def _encodable(value: object) -> object:
     if isinstance(value, dict):
         return {_encodable(key): _encodable(item) for key, item in value.items()}
     return value
-
-
-def _resume_in_flight(context: WorkerContext, dispatcher: Dispatcher) -> None:
-    """Embedded mode: re-queue recordings that were queued or half-scored when the server stopped (live streams
-    that were cut off end instead: see ``end_interrupted_streams``)."""
-    with session_scope(context.session_factory) as session:
-        streams = end_interrupted_streams(session=session)
-        stuck = session.scalars(
-            select(Recording).where(Recording.status.in_([RecordingStatus.queued, RecordingStatus.ingesting]))
-        ).all()
-        resumed = []
-        for recording in stuck:
-            if recording.id in streams:
-                continue
-            job = Job(kind="score", recording_id=recording.id, params={"resumed": True}, status=JobStatus.queued)
-            session.add(job)
-            session.flush()
-            resumed.append((recording.id, job.id))
-        training = session.scalars(
-            select(Job).where(Job.kind == FINETUNE_KIND, Job.status.in_([JobStatus.queued, JobStatus.running]))
-        ).all()
-        for job in training:
-            job.status = JobStatus.queued  # the trainer resumes from its last epoch state in data_dir/jobs/<id>
-        training_ids = [job.id for job in training]
-    for recording_id, job_id in resumed:
-        log.info("resuming recording %s", recording_id)
-        dispatcher.process_recording(recording_id, job_id)
-    for job_id in training_ids:
-        log.info("resuming fine-tune job %s", job_id)
-        dispatcher.finetune(job_id)

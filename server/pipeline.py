@@ -23,23 +23,22 @@ from ingest.errors import IngestError
 from ingest.export import ExportedClip, export_review_clip
 from model.events import DetectedEvent, EventRule, detect_events
 from model.weights import LoadedModel
-from server.db.base import utcnow
 from server.db.session import session_scope
 from server.db.tables import (
     Clip,
     Event,
     EventSource,
     Explanation,
-    Job,
-    JobStatus,
     Recording,
     RecordingStatus,
 )
 from server.frame_maps import event_clips
+from server.job_lease import JobLease
 from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
 from server.observability.metrics import count_clips, observe_job
 from server.observability.scoring import ObservedScorer
+from server.services.jobs import IllegalTransition, LeaseLost, fail_job, new_owner, start_job, succeed_job
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
 from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
@@ -86,27 +85,53 @@ def event_rule(settings: Settings) -> EventRule:
 
 
 def process_recording(ctx: WorkerContext, recording_id: int, job_id: int | None = None) -> None:
-    """Score ``recording_id`` with the active model; on any failure mark it (and its job) failed with the reason."""
-    with observe_job("score") as job:
+    """Score ``recording_id`` with the active model; on any failure mark it (and its job) failed with the reason.
+
+    With a job: the job is started first (queued -> running, with a lease kept by a heartbeat thread); a job
+    that is not queued (finished, or running under another worker) is left alone, so a duplicate message or a
+    re-queue race does nothing. If the lease is lost midway, this run stops without writing anything more.
+    """
+    owner = new_owner()
+    if job_id is not None:
         try:
-            _process(ctx, recording_id, job_id)
-        except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
-            job["outcome"] = "failed"
-            _fail(ctx, recording_id, job_id, exc)
+            with session_scope(ctx.session_factory) as session:
+                start_job(session=session, job_id=job_id, owner=owner, lease_seconds=ctx.settings.job_lease_seconds)
+        except (IllegalTransition, LookupError) as exc:  # taken, finished, or no such job
+            log.info("recording %s: %s; nothing to do", recording_id, exc)
+            return
+    lease = JobLease(ctx.session_factory, ctx.settings, job_id, owner) if job_id is not None else None
+    with observe_job("score") as job_metrics:
+        _run_scoring(ctx, recording_id, job_id, owner, lease, job_metrics)
 
 
-def _fail(ctx: WorkerContext, recording_id: int, job_id: int | None, exc: Exception) -> None:
-    """Mark the recording and its job failed with the reason (called inside the except block: logs the trace)."""
-    reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
-    log.exception("recording %s failed", recording_id)
-    with session_scope(ctx.session_factory) as session:
-        recording = session.get(Recording, recording_id)
-        if recording is not None:
-            mark_failed(recording=recording, reason=reason)
-        _finish_job(session, job_id, JobStatus.failed, error=reason)
+def _run_scoring(ctx: WorkerContext, recording_id: int, job_id: int | None, owner: str, lease: JobLease | None,
+                 job_metrics: dict[str, str]) -> None:
+    """Score under the lease; a failure lands on the recording and its job (a lost lease writes nothing)."""
+    try:
+        if lease is None:
+            _process(ctx, recording_id, None)
+        else:
+            with lease:
+                _process(ctx, recording_id, lease)
+    except LeaseLost as exc:
+        job_metrics["outcome"] = "lease_lost"
+        log.warning("recording %s: %s; another worker carries on", recording_id, exc)
+    except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
+        job_metrics["outcome"] = "failed"
+        reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+        log.exception("recording %s failed", recording_id)
+        try:
+            with session_scope(ctx.session_factory) as session:
+                if job_id is not None:
+                    fail_job(session=session, job_id=job_id, reason=reason, owner=owner)
+                recording = session.get(Recording, recording_id)
+                if recording is not None:
+                    mark_failed(recording=recording, reason=reason)
+        except LeaseLost:
+            log.warning("recording %s: lease lost before its failure could be written", recording_id)
 
 
-def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
+def _process(ctx: WorkerContext, recording_id: int, lease: JobLease | None) -> None:
     with session_scope(ctx.session_factory) as session:
         recording = session.get(Recording, recording_id)
         if recording is None:
@@ -119,7 +144,7 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
         )
         if recording.status == RecordingStatus.scored and already is not None:
             log.info("recording %s already scored by model %s", recording_id, version.id)
-            _finish_job(session, job_id, JobStatus.succeeded, result={"skipped": "already scored"})
+            _succeed(session, lease, {"skipped": "already scored"})
             return
         if recording.path is None:
             raise RuntimeError(f"recording {recording_id} has no stored file")
@@ -127,10 +152,9 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
         # A clinician's marks are not the run's to redo: they stay (they name this version for its classes only).
         session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id,
                                             Event.source == EventSource.model))
-        run = _committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
+        run = committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
         recording.status = RecordingStatus.ingesting
         recording.error = None
-        _start_job(session, job_id)
         video_path = ctx.settings.data_dir / recording.path
         started_at = recording.started_at
         duration = recording.duration or 0.0
@@ -142,11 +166,13 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
     report = IngestReport()
     if run.starts:
         log.info("recording %s: resuming after %d committed clips", recording_id, len(run.starts))
-    _score_clips(ctx, recording_id, version_id, job_id, video_path, spec, started_at, duration, loaded, report, run)
+    _score_clips(ctx, recording_id, version_id, lease, video_path, spec, started_at, duration, loaded, report, run)
     detected = detect_events(run.starts, run.ends, np.stack(run.scores) if run.scores else
                              np.zeros((0, len(loaded.class_names))), loaded.class_names, event_rule(ctx.settings))
     render, export = file_media(ctx, loaded, video_path, source_size, run)
     with session_scope(ctx.session_factory) as session:
+        if lease is not None:
+            lease.renew(session)  # still ours: a run that lost its lease must not store the events twice
         for found in detected:
             store_event(ctx, session, recording_id, version_id, found, run, list(loaded.class_names), started_at,
                         render, export)
@@ -158,14 +184,14 @@ def _process(ctx: WorkerContext, recording_id: int, job_id: int | None) -> None:
         if not run.starts:
             mark_failed(recording=recording, reason="no complete clip could be decoded from this video"
                         + (f" ({report.errors[0]})" if report.errors else ""))
-            _finish_job(session, job_id, JobStatus.failed, error=recording.error)
+            if lease is not None:
+                fail_job(session=session, job_id=lease.job_id, reason=recording.error or "", owner=lease.owner)
             return
-        _finish_job(session, job_id, JobStatus.succeeded,
-                    result={"clips": len(run.starts), "events": len(detected), "errors": report.errors})
+        _succeed(session, lease, {"clips": len(run.starts), "events": len(detected), "errors": report.errors})
     log.info("recording %s scored: %d clips, %d events", recording_id, len(run.starts), len(detected))
 
 
-def _committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> ScoreRun:
+def committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> ScoreRun:
     """Clips a previous, interrupted run already committed, as the start of this run (resume, not redo).
 
     Clips are committed in index order, so they must be exactly 0..k-1; anything else is discarded.
@@ -185,7 +211,7 @@ def _committed_clips(session: Session, recording_id: int, version_id: int, loade
     return run
 
 
-def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id: int | None, video_path: Path,
+def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobLease | None, video_path: Path,
                  spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
                  report: IngestReport, run: ScoreRun) -> None:
     """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
@@ -196,8 +222,8 @@ def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, job_id:
     for clip, probs in scorer.score(clips):
         pending.append(record_clip(run, clip, probs, recording_id, version_id, loaded.class_names))
         if len(pending) >= ctx.settings.commit_every:
-            flush_clips(ctx, pending, job_id, min(0.95, len(run.starts) / expected))
-    flush_clips(ctx, pending, job_id, 0.95)
+            flush_clips(ctx, pending, lease, min(0.95, len(run.starts) / expected))
+    flush_clips(ctx, pending, lease, 0.95)
 
 
 def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id: int, version_id: int,
@@ -217,20 +243,23 @@ def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id
     )
 
 
-def flush_clips(ctx: WorkerContext, pending: list[Clip], job_id: int | None, progress: float) -> None:
+def flush_clips(ctx: WorkerContext, pending: list[Clip], lease: JobLease | None, progress: float) -> None:
+    """Commit scored clips with the job's progress, in one transaction that also checks (and renews) the lease:
+    a worker that lost its job adds no clip."""
     if not pending:
         return
     with session_scope(ctx.session_factory) as session:
+        if lease is not None:
+            lease.renew(session, progress=progress)
         session.add_all(pending)
-        if job_id is not None and (job := session.get(Job, job_id)) is not None:
-            job.progress = progress
     count_clips([len(clip.frame_indices) for clip in pending])  # committed: now they count
     pending.clear()
 
 
 #: renders an event's explanation media: (peak clip position in the run, positions of the clips to store
-#: per-frame maps of, label index, out dir) -> media
-RenderMedia = Callable[[int, list[int], int, Path], RenderedEvent]
+#: per-frame maps of, label index, out dir) -> media, or None where no frame of the event can be read any more
+#: (a live event whose frames a restart lost)
+RenderMedia = Callable[[int, list[int], int, Path], RenderedEvent | None]
 #: writes the review clip of an event: (start s, end s, out path) -> the clip, or None where no file exists
 ExportClip = Callable[[float, float, Path], ExportedClip] | None
 
@@ -274,6 +303,9 @@ def store_event(ctx: WorkerContext, session: Session, recording_id: int, version
     out_dir = ctx.settings.media_dir / "events" / str(event.id)
     media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
                    out_dir)
+    if media is None:  # stored all the same: a clinician must see the event, unexplained rather than lost
+        queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
+        return event
     if export is not None:
         clip = export(found.start, found.end, out_dir / "clip.mp4")
         event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
@@ -291,19 +323,6 @@ def store_event(ctx: WorkerContext, session: Session, recording_id: int, version
     return event
 
 
-def _start_job(session: Session, job_id: int | None) -> None:
-    if job_id is not None and (job := session.get(Job, job_id)) is not None:
-        job.status = JobStatus.running
-        job.started_at = utcnow()
-        job.progress = 0.0
-
-
-def _finish_job(session: Session, job_id: int | None, status: JobStatus, *, result: dict | None = None,
-                error: str | None = None) -> None:
-    if job_id is not None and (job := session.get(Job, job_id)) is not None:
-        job.status = status
-        job.finished_at = utcnow()
-        job.result = result
-        job.error = error
-        if status == JobStatus.succeeded:
-            job.progress = 1.0
+def _succeed(session: Session, lease: JobLease | None, result: dict) -> None:
+    if lease is not None:
+        succeed_job(session=session, job_id=lease.job_id, owner=lease.owner, result=result)

@@ -439,6 +439,7 @@ class JobPublic(_FromRow):
     result: dict | None
     error: str | None
     recording_id: int | None
+    attempts: int = Field(description="how often a worker started it (a job whose worker died is re-queued)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(
         default=5.0, gt=0, description="a request waits this long for a database connection, then gets 503")
 
+    # Job leases (server/services/jobs.py): a running job's owner renews its lease every heartbeat; a job whose
+    # lease expired is re-queued by the sweeper of any API process, and failed after the bounded attempts.
+    job_lease_seconds: float = Field(default=30.0, gt=0, description="a running job's lease, renewed by heartbeat")
+    job_heartbeat_seconds: float = Field(default=10.0, gt=0, description="how often the owner renews it")
+    job_sweep_seconds: float = Field(default=10.0, gt=0, description="how often expired leases are looked for")
+    job_max_attempts: int = Field(default=3, ge=1, description="starts of a job before a lost worker fails it")
+
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
     score_batch_size: int = 8
     commit_every: int = Field(default=32, ge=1, description="clips per commit: progress granularity, resume point")
@@ -190,6 +197,12 @@ class Settings(BaseSettings):
     def _backoff(self) -> Settings:
         if self.stream_backoff_max_seconds < self.stream_backoff_initial_seconds:
             raise ValueError("stream_backoff_max_seconds must be at least stream_backoff_initial_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.job_heartbeat_seconds >= self.job_lease_seconds:
+            raise ValueError("job_heartbeat_seconds must be shorter than job_lease_seconds (renewed before it ends)")
         return self
 
     @model_validator(mode="after")

@@ -6,6 +6,12 @@ clip is scored and committed at once. An event is stored as soon as it can no lo
 than the merge gap behind the newest clip), with explanations rendered from the clip frames kept in memory:
 a stream's frames are not on disk to be read again, so live events have no review clip. Stopping is a status
 change on the job (``POST /recordings/{id}/stop``), polled once a second.
+
+The job is leased while it is read (``server.job_lease``). When its reader dies (server restart, worker
+killed), the sweeper or the next start-up re-queues the job and a new reader resumes the recording: clip
+indices and recording seconds continue after the clips already committed, the outage is a gap, and the events
+already stored are not stored again. An event still open at the crash whose frames were only in the dead
+reader's memory is stored without explanations.
 """
 
 from __future__ import annotations
@@ -17,28 +23,40 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from ingest.clips import Clip as IngestClip
 from ingest.clips import IngestReport
 from ingest.errors import IngestError
-from ingest.stream import StreamSpec, iter_stream_clips, scrub
-from model.events import detect_events
+from ingest.stream import StreamResume, StreamSpec, iter_stream_clips, scrub
+from model.events import DetectedEvent, detect_events
 from model.inference import ClipScorer
 from server.db.base import utcnow
 from server.db.session import session_scope
-from server.db.tables import Job, JobStatus, Recording, RecordingStatus
+from server.db.tables import Clip, Event, Job, JobStatus, Recording, RecordingStatus
 from server.frame_maps import ClipFrames, map_size
+from server.job_lease import JobLease
 from server.media import RenderedEvent, render_frames_media
 from server.pipeline import (
     ScoreRun,
     WorkerContext,
     clip_spec_for,
+    committed_clips,
     event_rule,
     flush_clips,
     record_clip,
     store_event,
 )
 from server.security.secret_box import SecretUnreadable
+from server.services.jobs import (
+    IllegalTransition,
+    LeaseLost,
+    fail_job,
+    is_cancelled,
+    new_owner,
+    start_job,
+    succeed_job,
+)
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
 from server.services.streams import STREAM_KIND, stream_url
@@ -50,12 +68,18 @@ log = logging.getLogger(__name__)
 FRAME_BUFFER_CLIPS = 256
 
 
-def _watch_for_stop(ctx: WorkerContext, job_id: int, stop: threading.Event) -> None:
+def _watch_for_stop(ctx: WorkerContext, lease: JobLease, stop: threading.Event) -> None:
+    """Stop the reader when the stream is stopped through the API or its lease went to another reader."""
     while not stop.wait(1.0):
-        with session_scope(ctx.session_factory) as session:
-            job = session.get(Job, job_id)
-            if job is None or job.status == JobStatus.cancelled:
-                stop.set()
+        if lease.lost.is_set():
+            stop.set()
+            return
+        try:
+            with session_scope(ctx.session_factory) as session:
+                if is_cancelled(session=session, job_id=lease.job_id):
+                    stop.set()
+        except Exception:  # noqa: BLE001 - a database hiccup: look again in a second
+            log.exception("stream job %s: stop check failed", lease.job_id)
 
 
 def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
@@ -65,16 +89,24 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
     the reader; every message that leaves (job and recording errors, warnings, logs) is scrubbed of it. The
     destination policy is checked again before every connection (DNS rebinding).
     """
+    owner = new_owner()
     with session_scope(ctx.session_factory) as session:
-        job = session.get(Job, job_id)
         recording = session.get(Recording, recording_id)
         version = get_active_model(session=session)
-        if job is None or recording is None or job.status != JobStatus.queued or version is None:
+        if recording is None or version is None:
             return
-        job.status, job.started_at = JobStatus.running, utcnow()
+        try:
+            job = start_job(session=session, job_id=job_id, owner=owner, lease_seconds=ctx.settings.job_lease_seconds)
+        except (IllegalTransition, LookupError) as exc:
+            log.info("stream of recording %s: %s; nothing to do", recording_id, exc)
+            return
         started_at = recording.started_at or utcnow()
         recording.started_at = started_at
+        recording.status = RecordingStatus.ingesting
         version_id, class_names = version.id, list(version.class_names)
+        run, resume, emitted = _resume_point(session, recording_id, version_id, class_names)
+        # Outages an earlier reader noted (kept on the job as they happen), so a second restart loses none.
+        earlier_gaps = [tuple(gap) for gap in (job.result or {}).get("gaps", [])] if resume is not None else []
         unreadable = "the stream could not start"
         url: str | None
         try:
@@ -83,32 +115,63 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
             url = None
             unreadable = f"{exc} (WARDWATCH_SECRET_KEYS): the stream URL cannot be read; start the stream again"
         loaded = ctx.models.get(version) if url is not None else None
-    run = ScoreRun()
-    report = IngestReport()
-    if url is None or loaded is None:
-        _finish(ctx, recording_id, job_id, run, report, unreadable, url=None)
-        return
+    report = IngestReport(gaps=list(earlier_gaps))
+    with JobLease(ctx.session_factory, ctx.settings, job_id, owner) as lease:
+        try:
+            if url is None or loaded is None:
+                _finish(ctx, recording_id, lease, run, report, unreadable, url=None)
+                return
+            _read(ctx, recording_id, lease, url, loaded, version_id, class_names, started_at, run, report,
+                  resume, emitted)
+        except LeaseLost as exc:
+            log.warning("stream of recording %s: %s; another reader carries on", recording_id, exc)
+
+
+def _resume_point(session, recording_id: int, version_id: int,  # type: ignore[no-untyped-def]
+                  class_names: list[str]) -> tuple[ScoreRun, StreamResume | None, set[tuple[str, float]]]:
+    """The clips and events an earlier reader of this recording committed before it died, and where to go on."""
+    run = committed_clips(session, recording_id, version_id, loaded_names=class_names)
+    if not run.starts:
+        return run, None, set()
+    last = session.scalars(select(Clip.frame_indices).where(Clip.recording_id == recording_id,
+                                                            Clip.model_version_id == version_id)
+                           .order_by(Clip.index.desc()).limit(1)).first() or [-1]
+    emitted = {(label, start) for label, start in session.execute(
+        select(Event.label, Event.start).where(Event.recording_id == recording_id,
+                                               Event.model_version_id == version_id))}
+    log.info("stream of recording %s: resuming after %d committed clips (%.1f s)", recording_id,
+             len(run.starts), run.ends[-1])
+    return run, StreamResume(after=run.ends[-1], next_clip=len(run.starts), next_frame=int(max(last)) + 1), emitted
+
+
+def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, loaded, version_id: int,  # type: ignore[no-untyped-def]
+          class_names: list[str], started_at, run: ScoreRun, report: IngestReport,
+          resume: StreamResume | None, emitted: set[tuple[str, float]]) -> None:
+    """Read, score and commit until stopped; then store the last events and the outcome."""
     stop = threading.Event()
-    threading.Thread(target=_watch_for_stop, args=(ctx, job_id, stop), daemon=True,
+    threading.Thread(target=_watch_for_stop, args=(ctx, lease, stop), daemon=True,
                      name=f"wardwatch-stopwatch-{recording_id}").start()
     frames: deque[tuple[int, IngestClip]] = deque(maxlen=FRAME_BUFFER_CLIPS)
-    emitted: set[tuple[str, float]] = set()
     rule = event_rule(ctx.settings)
+    noted_gaps = len(report.gaps)
     scorer = ClipScorer(loaded, batch_size=1)  # latency over throughput: score each clip as it completes
     error: str | None = None
     try:
         clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,
                                   stop=stop, reconnect=ctx.settings.stream_reconnect(), report=report,
-                                  destinations=ctx.settings.stream_destinations())
-        gaps_noted = 0
+                                  destinations=ctx.settings.stream_destinations(), resume=resume)
         for clip, probs in scorer.score(clips):
             position = len(run.starts)
             frames.append((position, clip))
-            flush_clips(ctx, [record_clip(run, clip, probs, recording_id, version_id, class_names)], job_id, 0.0)
-            if len(report.gaps) > gaps_noted:  # an outage just ended: the timeline shows it while the stream runs
-                gaps_noted = _note_gaps(ctx, job_id, report)
+            flush_clips(ctx, [record_clip(run, clip, probs, recording_id, version_id, class_names)], lease, 0.0)
+            if len(report.gaps) != noted_gaps:  # an outage: on the job now, not only when the stream ends
+                noted_gaps = len(report.gaps)
+                with session_scope(ctx.session_factory) as session:
+                    lease.renew(session, result={"gaps": [list(g) for g in report.gaps]})
             _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule,
                          final=False, loaded=loaded)
+    except LeaseLost:
+        raise
     except IngestError as exc:  # the stream's own end: refused destination, budget spent, not video
         error = scrub(str(exc), url)
         log.warning("stream of recording %s ended: %s", recording_id, error)
@@ -118,17 +181,19 @@ def run_stream(ctx: WorkerContext, recording_id: int, job_id: int) -> None:
                   scrub("".join(traceback.format_exception(exc)), url))
     finally:
         stop.set()
+    lease.check()  # stopped because another reader has the job: it stores the rest
     _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule, final=True,
                  loaded=loaded)
-    _finish(ctx, recording_id, job_id, run, report, error, url=url)
+    _finish(ctx, recording_id, lease, run, report, error, url=url)
 
 
-def _finish(ctx: WorkerContext, recording_id: int, job_id: int, run: ScoreRun, report: IngestReport,
-            error: str | None, *, url: str | None) -> None:
+def _finish(ctx: WorkerContext, recording_id: int, lease: JobLease | None, run: ScoreRun, report: IngestReport,
+            error: str | None, *, url: str | None, job_id: int | None = None) -> None:
     """Write the outcome on the recording and the job (messages scrubbed of the URL's secrets)."""
     def clean(text: str) -> str:
         return scrub(text, url) if url is not None else text
 
+    job_id = lease.job_id if lease is not None else job_id
     with session_scope(ctx.session_factory) as session:
         recording = session.get(Recording, recording_id)
         job = session.get(Job, job_id)
@@ -144,27 +209,21 @@ def _finish(ctx: WorkerContext, recording_id: int, job_id: int, run: ScoreRun, r
             if error is not None:
                 recording.error = error
         cancelled = job.status == JobStatus.cancelled
-        job.status = JobStatus.succeeded if cancelled or error is None else JobStatus.failed
-        job.error, job.finished_at, job.progress = error, utcnow(), 1.0
-        job.result = {"clips": len(run.starts), "gaps": [list(g) for g in report.gaps], "stopped": cancelled}
-
-
-def _note_gaps(ctx: WorkerContext, job_id: int, report: IngestReport) -> int:
-    """Put the outages so far on the running job (``result["gaps"]``, as the finished job has them)."""
-    with session_scope(ctx.session_factory) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.result = {**(job.result or {}), "gaps": [list(g) for g in report.gaps]}
-    return len(report.gaps)
+        result = {"clips": len(run.starts), "gaps": [list(g) for g in report.gaps], "stopped": cancelled}
+        owner = lease.owner if lease is not None else None
+        if cancelled or error is None:
+            succeed_job(session=session, job_id=job.id, owner=owner, result=result)
+        else:
+            fail_job(session=session, job_id=job.id, reason=error, owner=owner, result=result)
 
 
 def refuse_stream(ctx: WorkerContext, recording_id: int, job_id: int, reason: str) -> None:
-    """End a stream job that could not get a reader (the embedded pool is full)."""
+    """End a stream job that could not get a reader (the embedded pool is full); it never started."""
     with session_scope(ctx.session_factory) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status not in (JobStatus.queued, JobStatus.running):
+        if job is None or job.status != JobStatus.queued:
             return
-    _finish(ctx, recording_id, job_id, ScoreRun(), IngestReport(), reason, url=None)
+    _finish(ctx, recording_id, None, ScoreRun(), IngestReport(), reason, url=None, job_id=job_id)
 
 
 def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_names: list[str], started_at,  # type: ignore[no-untyped-def]
@@ -180,20 +239,29 @@ def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_n
         return
     buffered = dict(frames)
 
-    def render(peak: int, clips: list[int], label_index: int, out_dir: Path) -> RenderedEvent:
-        clip = buffered.get(peak)
-        if clip is None:
-            raise RuntimeError(f"frames of clip {peak} are no longer buffered")
-        # maps of the event's clips still in the buffer (all of them unless the event outlasted the buffer)
-        map_clips = [ClipFrames(buffered[i].index, list(run.timestamps[i]), buffered[i].frames)
-                     for i in clips if i in buffered]
-        height, width = clip.frames.shape[1:3]
-        return render_frames_media(loaded=loaded, model_frames=clip.frames, display_frames=clip.frames,
-                                   timestamps=list(run.timestamps[peak]), label_index=label_index,
-                                   out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
-                                   map_clips=map_clips, peak_index=clip.index, maps_size=map_size(width, height))
+    def render_for(event: DetectedEvent):  # type: ignore[no-untyped-def]
+        def render(peak: int, clips: list[int], label_index: int, out_dir: Path) -> RenderedEvent | None:
+            if peak not in buffered:  # e.g. the peak came before a restart: explain the best clip still held
+                held = [i for i in event.clip_indices if i in buffered]
+                if not held:
+                    log.warning("stream of recording %s: the frames of the %s event at %.1f s were lost with its "
+                                "reader; stored without explanations", recording_id, event.label, event.start)
+                    return None
+                peak = max(held, key=lambda i: float(run.scores[i][label_index]))
+            clip = buffered[peak]
+            # maps of the event's clips still in the buffer (all of them unless the event outlasted the buffer)
+            map_clips = [ClipFrames(buffered[i].index, list(run.timestamps[i]), buffered[i].frames)
+                         for i in clips if i in buffered]
+            height, width = clip.frames.shape[1:3]
+            return render_frames_media(loaded=loaded, model_frames=clip.frames, display_frames=clip.frames,
+                                       timestamps=list(run.timestamps[peak]), label_index=label_index,
+                                       out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
+                                       map_clips=map_clips, peak_index=clip.index,
+                                       maps_size=map_size(width, height))
+        return render
 
     with session_scope(ctx.session_factory) as session:
         for event in ready:
-            store_event(ctx, session, recording_id, version_id, event, run, class_names, started_at, render, None)
+            store_event(ctx, session, recording_id, version_id, event, run, class_names, started_at,
+                        render_for(event), None)
             emitted.add((event.label, event.start))

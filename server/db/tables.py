@@ -181,10 +181,18 @@ class Explanation(Base):
 
 
 class Job(Base):
+    """A unit of work; its state changes only through ``server.services.jobs`` (the state machine lives there).
+
+    A running job holds a lease: ``lease_owner`` (host:pid:run) renews ``lease_expires_at`` by a heartbeat, so a
+    job whose owner died is found by its expired lease, not left ``running`` forever; ``attempts`` counts starts
+    and bounds how often a job that kills its worker is re-queued.
+    """
+
     __tablename__ = "job"
+    __table_args__ = (Index("ix_job_status_lease", "status", "lease_expires_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32), doc="a server.services.jobs.JobKind value")
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -196,6 +204,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
 
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.

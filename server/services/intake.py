@@ -18,9 +18,10 @@ from ingest.errors import IngestError
 from ingest.probe import probe
 from ingest.timestamps import started_at_from_filename
 from server.db.session import session_scope
-from server.db.tables import AuditLog, Job, Outcome, Recording, RecordingStatus
+from server.db.tables import AuditLog, Outcome, Recording, RecordingStatus
 from server.schemas import RecordingPublic
 from server.services.audit import record
+from server.services.jobs import JobKind, create_job, note_task_id
 from server.services.quarantine import quarantine
 from server.services.recordings import apply_probe, create_recording, find_duplicate, mark_failed
 from server.services.uploads import TruncatedUploadError, check_complete_mp4
@@ -89,9 +90,8 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
             session.commit()
             raise RecordingRejected(status, f"{reason} (recording {recording.id} marked failed)", reason)
         recording.status = RecordingStatus.queued
-        job = Job(kind="score", recording_id=recording.id, params={"source": recording.source})
-        session.add(job)
-        session.flush()
+        job = create_job(session=session, kind=JobKind.score, recording_id=recording.id,
+                         params={"source": recording.source})
         if audit is not None:
             audit.object_id, audit.status_code = str(recording.id), 201
             record(session=session, entry=audit)
@@ -141,6 +141,4 @@ def queue_scoring(dispatcher: Dispatcher, factory: sessionmaker[Session], record
     if task_id is None:
         return
     with session_scope(factory) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.celery_id = task_id
+        note_task_id(session=session, job_id=job_id, task_id=task_id)

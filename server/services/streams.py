@@ -1,5 +1,5 @@
 """Live stream sources: admitting a stream (destination, capacity), keeping its URL encrypted at rest, reading it
-back for the worker, and ending streams a restart cut off.
+back for the worker, and stopping it. (A stream a restart cut off is resumed: ``server.services.job_recovery``.)
 
 Why the URL is encrypted and not only redacted: the worker must open it, credentials and all, so the job row
 keeps it, but as ``settings.secret_box()`` ciphertext; a database dump or backup then holds no camera password.
@@ -9,7 +9,6 @@ Everything shown (the recording's ``source``, the job's ``params.source``, messa
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,18 +16,17 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.stream import redact_url
-from server.db.base import utcnow
 from server.db.session import session_scope
-from server.db.tables import AuditLog, Job, JobStatus, Recording, RecordingStatus
+from server.db.tables import AuditLog, Job, Recording, RecordingStatus
 from server.schemas import RecordingPublic
 from server.security.secret_box import SecretBox
 from server.services.audit import record
-from server.services.errors import CapacityError
-from server.services.recordings import create_recording, mark_failed
+from server.services.errors import CapacityError, ConflictError
+from server.services.jobs import LIVE, JobKind, cancel_job, create_job, live_job_for
+from server.services.recordings import create_recording, get_recording
 from server.settings import Settings
 
-STREAM_KIND = "stream"
-LIVE = (JobStatus.queued, JobStatus.running)
+STREAM_KIND = JobKind.stream
 # One process admits one stream at a time (count, then insert); PostgreSQL also serialises API processes with a
 # transaction-scoped advisory lock under this key (an arbitrary constant: "WWSTREAM" in ASCII, trimmed).
 _ADMISSION = threading.Lock()
@@ -74,9 +72,8 @@ def start_stream(*, settings: Settings, factory: sessionmaker[Session], request:
                                      patient_ref=request.patient_ref)
         recording.started_at = request.started_at
         recording.status = RecordingStatus.ingesting
-        job = Job(kind=STREAM_KIND, recording_id=recording.id, params={"url": stored, "source": shown})
-        session.add(job)
-        session.flush()
+        job = create_job(session=session, kind=STREAM_KIND, recording_id=recording.id,
+                         params={"url": stored, "source": shown})
         audit.object_id, audit.status_code, audit.detail = str(recording.id), 201, "stream"
         record(session=session, entry=audit)  # the URL stays out of the trail
         return RecordingPublic.model_validate(recording), job.id
@@ -93,21 +90,15 @@ def stream_url(*, settings: Settings, job: Job) -> str:
     return settings.secret_box().decrypt(str(job.params.get("url", "")))
 
 
-def end_interrupted_streams(*, session: Session) -> set[int]:
-    """Embedded start-up: stream jobs still queued or running were cut off when the server stopped (no other
-    process reads them). They end as failed with the reason (their clips and events are kept), so they neither
-    count against ``max_streams`` forever nor get re-scored as files; returns their recording ids."""
-    jobs: Sequence[Job] = session.scalars(select(Job).where(Job.kind == STREAM_KIND, Job.status.in_(LIVE))).all()
-    reason = "interrupted: the server stopped while the stream was read; start it again"
-    for job in jobs:
-        job.status, job.error, job.finished_at = JobStatus.failed, reason, utcnow()
-        recording = session.get(Recording, job.recording_id) if job.recording_id is not None else None
-        if recording is not None and recording.status in (RecordingStatus.queued, RecordingStatus.ingesting):
-            if recording.clip_count:
-                recording.status, recording.error = RecordingStatus.scored, reason
-            else:
-                mark_failed(recording=recording, reason=reason)
-    return {job.recording_id for job in jobs if job.recording_id is not None}
+def stop_stream(*, session: Session, recording_id: int) -> Recording:
+    """Ask the reader of a live stream to stop (it keeps the clips and events so far and ends the job as a
+    success, ``stopped``). NotFoundError for no recording, ConflictError when no stream of it is live."""
+    recording = get_recording(session=session, recording_id=recording_id)
+    job = live_job_for(session=session, recording_id=recording_id, kind=STREAM_KIND)
+    if job is None:
+        raise ConflictError(f"recording {recording_id} is not a running live stream")
+    cancel_job(session=session, job_id=job.id)
+    return recording
 
 
 def reencrypt_stream_urls(*, session: Session, box: SecretBox) -> int:

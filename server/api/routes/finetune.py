@@ -12,11 +12,12 @@ from model.training.config import TrainConfig
 from server.api.deps import DispatcherDep, SessionDep
 from server.api.params import CursorQuery, IdPath, TextQuery
 from server.api.security import ManageModels, ReadJobs
-from server.db.base import utcnow
 from server.db.tables import Job, JobStatus, ModelVersion
 from server.finetuning import FINETUNE_KIND
 from server.schemas import FinetuneJobCreate, JobPublic, JobsPublic
 from server.services.errors import NotFoundError
+from server.services.jobs import cancel_job as cancel
+from server.services.jobs import create_job, note_task_id
 from server.services.models import get_active_model
 from server.services.pagination import id_page
 
@@ -46,12 +47,11 @@ def create_finetune_job(session: SessionDep, dispatcher: DispatcherDep, access: 
         except PretrainedWeightsError as exc:
             raise HTTPException(422, detail=f"pretrained weights: {exc}") from exc
     params = body.model_dump() | {"base_model_id": base.id}
-    job = Job(kind=FINETUNE_KIND, params=params, created_by=access.principal.username, status=JobStatus.queued)
-    session.add(job)
-    session.flush()
+    job = create_job(session=session, kind=FINETUNE_KIND, params=params, created_by=access.principal.username)
     access.record_now(session, 202)  # in the same transaction as the job
     session.commit()  # the worker reads the row: enqueue only after it is committed
-    job.celery_id = dispatcher.finetune(job.id)
+    note_task_id(session=session, job_id=job.id, task_id=dispatcher.finetune(job.id))
+    session.refresh(job)
     return job
 
 
@@ -74,13 +74,4 @@ def read_jobs(session: SessionDep, _access: ReadJobs, limit: Annotated[int, Quer
              responses={409: {"description": "not a fine-tune job, or already finished"}})
 def cancel_job(session: SessionDep, _access: ManageModels, job_id: IdPath) -> Job:
     """Cancel a queued or running job; a running fine-tune stops between steps and writes no model."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFoundError("job", job_id)
-    if job.kind != FINETUNE_KIND:
-        raise HTTPException(409, detail=f"only fine-tune jobs can be cancelled; job {job_id} is a {job.kind} job")
-    if job.status not in (JobStatus.queued, JobStatus.running):
-        raise HTTPException(409, detail=f"job {job_id} is already {job.status.value}")
-    job.status = JobStatus.cancelled
-    job.finished_at = utcnow()
-    return job
+    return cancel(session=session, job_id=job_id, kinds=(FINETUNE_KIND,))

@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -21,13 +20,15 @@ from server.api.deps import DispatcherDep, SessionDep, SessionFactoryDep, Settin
 from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
-from server.db.tables import Job, JobStatus, Recording, RecordingStatus
+from server.db.tables import Recording, RecordingStatus
 from server.schemas import RecordingPublic, RecordingsPublic, Text, TimelinePublic, WallClock
 from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
+from server.services.jobs import note_task_id
 from server.services.multipart_stream import MultipartError, receive_upload
 from server.services.recordings import get_recording, list_recordings
-from server.services.streams import STREAM_KIND, StreamRequest, start_stream
+from server.services.streams import StreamRequest, start_stream
+from server.services.streams import stop_stream as request_stop
 from server.services.timeline import recording_timeline
 from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
@@ -193,8 +194,7 @@ def _start_stream(source: RecordingSource, settings: Settings, factory: sessionm
     task_id = dispatcher.stream(public.id, job_id)
     if task_id is not None:
         with session_scope(factory) as session:
-            if (job := session.get(Job, job_id)) is not None:
-                job.celery_id = task_id
+            note_task_id(session=session, job_id=job_id, task_id=task_id)
     return public
 
 
@@ -202,13 +202,7 @@ def _start_stream(source: RecordingSource, settings: Settings, factory: sessionm
              responses={409: {"description": "not a running live stream"}})
 def stop_stream(session: SessionDep, _access: WriteRecordings, recording_id: IdPath) -> Recording:
     """Stop a live stream: clips already committed and events found so far are kept."""
-    recording = get_recording(session=session, recording_id=recording_id)
-    job = session.scalars(select(Job).where(Job.recording_id == recording_id, Job.kind == STREAM_KIND,
-                                            Job.status.in_([JobStatus.queued, JobStatus.running]))).first()
-    if job is None:
-        raise HTTPException(409, detail=f"recording {recording_id} is not a running live stream")
-    job.status = JobStatus.cancelled
-    return recording
+    return request_stop(session=session, recording_id=recording_id)
 
 
 @router.get("", response_model=RecordingsPublic)

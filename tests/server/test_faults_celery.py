@@ -1,0 +1,74 @@
+"""Two Celery workers on PostgreSQL and Redis; the one scoring a recording is killed with SIGKILL. On Redis its
+unacknowledged message would come back only after the visibility timeout (an hour); the job's lease expires
+within seconds instead, the job sweeper (the API's, run here) re-queues the job and sends it again, and the
+other worker finishes it with exactly the clips and events of a clean run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from server.bootstrap import make_worker_context
+from server.job_sweeper import JobSweeper
+from server.pipeline import process_recording
+from server.settings import Settings
+from server.worker.dispatch import CeleryDispatcher
+from tests.conftest import REDIS_URL
+from tests.server.faults_support import (
+    clip_count,
+    job_row,
+    kill,
+    process_env,
+    register_copy,
+    same_outcome,
+    scoring_outcome,
+    stop,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+BROKER = f"{REDIS_URL}/13"  # a database of its own: test_distributed uses /9
+
+
+def test_a_killed_celery_workers_job_goes_to_the_other_worker(pg_url: str, tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
+    redis.Redis.from_url(BROKER).flushdb()
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=BROKER, device="cpu",
+                        commit_every=2, score_batch_size=1, job_lease_seconds=3, job_heartbeat_seconds=1)
+    ctx = make_worker_context(settings)
+    factory = ctx.session_factory
+    reference_id, reference_job = register_copy(settings, factory, ward_video.video, "reference.mp4")
+    process_recording(ctx, reference_id, reference_job)
+    reference = scoring_outcome(factory, reference_id)
+    env = process_env(settings, WARDWATCH_BROKER_URL=BROKER)
+    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
+    workers = [subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=env, stdout=log.open("wb"),
+                                stderr=subprocess.STDOUT) for log in logs]
+    dispatcher = CeleryDispatcher(settings)
+    try:
+        for log in logs:  # both consume before the task is sent
+            wait_for(lambda log=log: "ready" in log.read_text(errors="replace"), timeout=120, log=log)
+        victim, job_id = register_copy(settings, factory, ward_video.video, "victim.mp4")
+        dispatcher.process_recording(victim, job_id)
+        wait_for(lambda: clip_count(factory, victim) >= 4, timeout=180)
+        owner_pid = int(job_row(factory, job_id).lease_owner.split(":")[1])
+        busy = next(w for w in workers if w.pid == owner_pid)
+        kill(busy)  # mid-recording
+        assert job_row(factory, job_id).status == "running"
+        sweeper = JobSweeper(settings, factory, dispatcher)
+        wait_for(sweeper.sweep_once, timeout=60, interval=0.5)  # noticed by the lease, sent again
+        other = next(w for w in workers if w is not busy)
+        wait_for(lambda: job_row(factory, job_id).status in ("succeeded", "failed"), timeout=240, process=other,
+                 log=logs[workers.index(other)])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                stop(worker)
+        dispatcher.shutdown()
+        redis.Redis.from_url(BROKER).flushdb()
+    done = job_row(factory, job_id)
+    assert done.status == "succeeded" and done.attempts == 2, done.error
+    same_outcome(scoring_outcome(factory, victim), reference)
