@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     event_merge_gap: float = 2.0
     review_clip_pre_seconds: float = Field(default=2.0, ge=0, description="review clip starts this early")
     review_clip_post_seconds: float = Field(default=2.0, ge=0, description="and ends this late")
+    clinician_event_max_seconds: float = Field(
+        default=600.0, gt=0, description="longest range a clinician may mark as one missed event (POST "
+        "/recordings/{id}/events answers 422 beyond it): its review clip is exported from the file, so this bounds "
+        "that work")
     explain_methods: tuple[str, ...] = ("grad_cam", "guided_backprop", "guided_grad_cam")
 
     fhir_system_base: str = Field(

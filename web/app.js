@@ -62,21 +62,56 @@ async function select(id) {
   }
   if (ticket !== state.selecting) return;  // a later j/k already moved on
   state.event = event;
-  review.event = event;  // a key pressed from now on acts on this event, even before its media have loaded
+  // a key pressed from now on acts on this event, with an empty note and this event's labels, even before
+  // anything below has loaded
+  review.reset(event, labelsOf(event));
   queue.selected = id;
   queue.render();
-  $("detail-empty").hidden = true;
-  $("event-detail").hidden = false;
+  showDetail(true);
   $("review-status").textContent = "";
   const known = await duration(event.recording_id).catch(() => 0);
   if (ticket !== state.selecting) return;
   missed.setRecording(event.recording_id, known);
   timeline.mark({ current: event.id, clip: null });
   await Promise.all([
-    review.show(event, labelsOf(event)),
+    review.history(event.id),
     view.show(event),
     timeline.recording === event.recording_id ? Promise.resolve() : timeline.load(event.recording_id, known),
   ]);
+}
+
+/** Show the detail pane: with an event (its clip, facts, decision, history) or, for the recording view, only
+ * the recording's timeline and the missed-event form. */
+function showDetail(withEvent) {
+  $("detail-empty").hidden = true;
+  $("event-detail").hidden = false;
+  for (const id of ["event-grid", "review-history"]) $(id).hidden = !withEvent;
+  $("recording-hint").hidden = withEvent;
+}
+
+/** ``index.html?recording=ID``: the recording's timeline and the missed-event form with no event selected, for
+ * a recording where the model flagged nothing (or nothing that was missed). There is no player: the range is
+ * dragged on the timeline or typed; [ and ] say they need an event's clip. */
+async function openRecording(id) {
+  state.event = null;
+  review.event = null;
+  view.event = null;
+  showDetail(false);
+  $("event-title").textContent = `Recording ${id} — no event selected`;
+  let known = 0;
+  try {
+    const recording = await api.recording(id);
+    known = recording.duration || 0;
+    state.durations.set(id, known);
+    $("event-title").textContent = `Recording ${id}${recording.room ? ` (${recording.room})` : ""} — no event ` +
+      "selected";
+  } catch (err) {
+    $("timeline-status").textContent = `Could not open recording ${id} — ${err.message}`;
+    return;
+  }
+  missed.setRecording(id, known);
+  timeline.mark({ current: null, clip: null, cursor: null });
+  await timeline.load(id, known);
 }
 
 async function move(step) {
@@ -99,7 +134,8 @@ async function undoLast() {
 function markAtPlayer(which) {
   const t = view.playerTime();
   if (t == null) {
-    $("missed-status").textContent = "Open an event with a clip first: [ and ] take the player's time.";
+    $("missed-status").textContent = "No player time here: [ and ] take the time of an event's review clip. " +
+      "Drag on the timeline or type the start and end instead.";
     return;
   }
   if (which === "start") missed.setStart(t);
@@ -146,7 +182,8 @@ async function init() {
     markEnd: () => markAtPlayer("end"),
     help: () => $("help-dialog").showModal(),
   });
-  await queue.load();
+  const recording = Number(new URLSearchParams(window.location.search).get("recording"));
+  await Promise.all([queue.load(), Number.isInteger(recording) && recording > 0 ? openRecording(recording) : null]);
 }
 
 init();

@@ -105,7 +105,9 @@ export class EventView {
       video.removeAttribute("src");
       video.load();
     }
-    this.overlay.setMaps(null, null);
+    // the clip's start is the event's own (exact, from the export), whatever the maps answer: a clinician's
+    // event has no maps, yet its clip must seek and the timeline cursor follow it
+    this.overlay.setMaps(null, event.clip_url ? event.clip_start ?? null : null);
     this.showAgreement(event.agreement);
     await Promise.all([this.loadMaps(event), this.loadScores(event)]);
   }
@@ -114,11 +116,11 @@ export class EventView {
     try {
       const maps = await api.maps(event.id);
       if (this.event?.id !== event.id) return;
-      this.overlay.setMaps(maps, event.clip_start ?? null);
+      this.overlay.setMaps(maps, event.clip_url ? event.clip_start ?? null : null);
       this.showAgreement(maps.agreement ?? event.agreement);
     } catch (err) {
       if (this.event?.id !== event.id) return;
-      this.overlay.setMaps(null, null);
+      this.overlay.setMaps(null, event.clip_url ? event.clip_start ?? null : null);
       $("overlay-state").textContent = err.status === 404
         ? (event.source === "clinician" ? "Added by a clinician: the model has no explanation for it."
           : "No explanation maps stored for this event.")
@@ -137,8 +139,13 @@ export class EventView {
 
   renderFacts(event) {
     $("event-title").textContent = `${pretty(event.reviewed_label || event.label)} — event ${event.id}`;
+    const name = `${event.recording_id}${event.room ? ` (${event.room})` : ""}`;
+    const recording = Object.assign(document.createElement("a"), { href: `index.html?recording=${event.recording_id}`,
+      textContent: name });
+    // the accessible name holds the visible text (WCAG 2.5.3) and says where the link leads
+    recording.setAttribute("aria-label", `Recording ${name}: its timeline, to mark a missed event`);
     const facts = [
-      ["Recording", `${event.recording_id}${event.room ? ` (${event.room})` : ""}`],
+      ["Recording", recording],
       ["Time in recording", `${formatTime(event.start)} – ${formatTime(event.end)}`],
       ["Wall clock", event.start_wall ? new Date(event.start_wall).toLocaleString() : "unknown"],
       event.source === "clinician" ? ["Source", "added by a clinician"]
@@ -146,12 +153,15 @@ export class EventView {
       ["Status", event.status + (event.reviewed_label ? ` → ${pretty(event.reviewed_label)}` : "")
         + (event.reviewer ? ` by ${event.reviewer}` : "")],
     ];
-    if (event.note) facts.push(["Note", event.note]);
+    // the standing review's note, read-only: the note box is for this reviewer's own note
+    if (event.note) facts.push([event.reviewer ? `Note by ${event.reviewer}` : "Note", event.note]);
     const dl = $("event-facts");
     dl.replaceChildren();
     for (const [k, v] of facts) {
-      dl.append(Object.assign(document.createElement("dt"), { textContent: k }),
-                Object.assign(document.createElement("dd"), { textContent: String(v) }));
+      const dd = document.createElement("dd");
+      if (v instanceof Node) dd.append(v);
+      else dd.textContent = String(v);  // text, never markup
+      dl.append(Object.assign(document.createElement("dt"), { textContent: k }), dd);
     }
   }
 
@@ -167,6 +177,7 @@ export class EventView {
         `${formatTime(this.scores.view.end)}: ${describeScores(data)}`);
       $("scores-status").textContent = "";
     } catch (err) {
+      if (this.event?.id !== event.id) return;  // an answer about an event no longer on screen
       this.scores = null;
       $("scores-status").textContent = `Scores: ${err.message}`;
     }

@@ -51,6 +51,25 @@ export function nearest(times, t) {
   return lo > 0 && Math.abs(times[lo - 1] - t) <= Math.abs(times[lo] - t) ? lo - 1 : lo;
 }
 
+/** Median spacing of ascending ``times`` (the maps' frame step); null for fewer than two. */
+function medianStep(times) {
+  if (times.length < 2) return null;
+  const steps = times.slice(1).map((t, i) => t - times[i]).sort((a, b) => a - b);
+  return steps[steps.length >> 1];
+}
+
+const LONE_FRAME = 0.5;  // seconds either side a single stored map frame stands for
+
+/** The map frame to draw at recording time ``t``: the nearest, or -1 when ``t`` lies more than one frame step
+ * outside the maps' span. The review clip has a few seconds of padding before and after the clips whose maps
+ * are stored; there the nearest map is of another moment and would be drawn on the wrong picture. */
+export function frameAt(times, t) {
+  if (!times?.length || t == null) return -1;
+  const step = medianStep(times) ?? LONE_FRAME;
+  if (t < times[0] - step || t > times[times.length - 1] + step) return -1;
+  return nearest(times, t);
+}
+
 export class VideoOverlay {
   /** ``video``: the review clip; ``canvas``: drawn over it or beside it; ``stage``: their container. */
   constructor({ video, canvas, stage }) {
@@ -73,8 +92,9 @@ export class VideoOverlay {
     if ("requestVideoFrameCallback" in this.video) this.video.requestVideoFrameCallback(this.onFrame);
   }
 
-  onFrame() {
-    this.draw();
+  /** Per presented frame: its own media time (metadata.mediaTime), exact where currentTime may lag or lead. */
+  onFrame(_now, metadata) {
+    this.draw(metadata?.mediaTime);
     this.watchFrames();
   }
 
@@ -104,11 +124,12 @@ export class VideoOverlay {
   }
 
   /** Recording time of what the player shows now. */
-  recordingTime() {
-    return this.clipStart == null ? null : this.clipStart + this.video.currentTime;
+  recordingTime(mediaTime = this.video.currentTime) {
+    return this.clipStart == null ? null : this.clipStart + mediaTime;
   }
 
-  draw() {
+  /** ``mediaTime``: the presented frame's time (from requestVideoFrameCallback), else the player's time. */
+  draw(mediaTime = this.video.currentTime) {
     const { canvas, video } = this;
     const box = video.getBoundingClientRect();
     const ratio = window.devicePixelRatio || 1;
@@ -122,12 +143,13 @@ export class VideoOverlay {
     ctx.clearRect(0, 0, width, height);
     if (this.sideBySide && video.readyState >= 2) ctx.drawImage(video, 0, 0, width, height);
     const bytes = this.maps?.methods[this.method];
-    const t = this.recordingTime();
+    const t = this.recordingTime(mediaTime);
     this.frameShown = -1;
     canvas.dataset.frame = "";
     if (this.method === "none" || !bytes || t == null) return;
     const { width: w, height: h, times } = this.maps;
-    const frame = nearest(times, t);
+    const frame = frameAt(times, t);
+    if (frame < 0) return;  // no map for this moment (the clip's padding): draw nothing rather than another's
     const image = this.small.getContext("2d").createImageData(w, h);
     const offset = frame * w * h;
     for (let i = 0; i < w * h; i++) {

@@ -23,6 +23,8 @@ export class Queue {
     this.count = null;
     this.counts = null;
     this.selected = null;
+    this.ticket = 0;  // the latest request: an older answer (a filter changed meanwhile) is dropped
+    this.filteredStatus = "";  // the status filter the shown page was loaded with
     $("filters").addEventListener("change", () => this.load());
     $("filters").addEventListener("submit", (e) => { e.preventDefault(); this.load(); });
     $("load-more").addEventListener("click", () => this.load(true));
@@ -55,23 +57,30 @@ export class Queue {
   async load(append = false) {
     const params = this.params();
     if (append && this.cursor) params.cursor = this.cursor;
+    const ticket = ++this.ticket;
     try {
       const page = await api.events(params);
+      if (ticket !== this.ticket) return;  // answers can arrive out of order: only the latest request's counts
       this.events = append ? this.events.concat(page.data) : page.data;
       this.cursor = page.next_cursor;
       if (!append) {
         this.count = page.count;
         this.counts = page.counts ? { ...page.counts } : null;
+        this.filteredStatus = params.status;
         this.renderCounts();
       }
-      const shown = this.events.length;
-      $("queue-count").textContent = this.count == null ? `${shown} shown`
-        : `${this.count} event${this.count === 1 ? "" : "s"}` + (shown < this.count ? ` (${shown} shown)` : "");
+      this.renderCount();
       $("load-more").hidden = !page.next_cursor;
       this.render();
     } catch (err) {
-      $("queue-count").textContent = `Could not load events: ${err.message}`;
+      if (ticket === this.ticket) $("queue-count").textContent = `Could not load events: ${err.message}`;
     }
+  }
+
+  renderCount() {
+    const shown = this.events.length;
+    $("queue-count").textContent = this.count == null ? `${shown} shown`
+      : `${this.count} event${this.count === 1 ? "" : "s"}` + (shown < this.count ? ` (${shown} shown)` : "");
   }
 
   renderCounts() {
@@ -97,7 +106,10 @@ export class Queue {
       if (this.counts && before !== event.status) {  // the counts follow the decision without a reload
         this.counts[before] = Math.max(0, (this.counts[before] ?? 0) - 1);
         this.counts[event.status] = (this.counts[event.status] ?? 0) + 1;
+        // filtered by a status, the "N events" line is that status's count: it follows the decision too
+        if (this.filteredStatus && this.count != null) this.count = this.counts[this.filteredStatus] ?? 0;
         this.renderCounts();
+        this.renderCount();
       }
       this.events[at] = { ...this.events[at], ...event };
     }

@@ -74,7 +74,11 @@ function row(recording) {
     recording.fps && `${recording.fps.toFixed(1)} fps`, fmtBytes(recording.size_bytes)].filter(Boolean).join(" · ");
   return el("tr", { id: `recording-${recording.id}`, dataset: { id: recording.id, status } },
     el("td", { className: "num" }, String(recording.id)),
-    el("td", { className: "source" }, recording.source, facts ? el("div", { className: "muted small" }, facts) : null),
+    el("td", { className: "source" }, recording.source, facts ? el("div", { className: "muted small" }, facts) : null,
+      // the recording view: its timeline and the missed-event form, even when the model flagged nothing
+      el("div", { className: "small" }, el("a", { href: `index.html?recording=${recording.id}`,
+        className: "timeline-link", "aria-label": `Timeline of recording ${recording.id} (mark a missed event)` },
+      "Timeline"))),
     el("td", {}, recording.room || ""),
     el("td", {}, el("span", { className: `pill status-${status}` }, status)),
     progressCell(recording, job, stop),

@@ -12,7 +12,7 @@ export class Review {
     this.onChange = onChange;
     this.event = null;
     this.standing = null;  // {event, review}: the latest review not undone, as the history shows it
-    this.busy = false;
+    this.saving = new Set();  // events whose decision or undo is in flight: one at a time per event, never global
     this.lastDecided = null;  // the event of this page's latest decision: "u" goes back to it from a fresh one
     $("confirm").addEventListener("click", () => this.decide("confirmed"));
     $("reject").addEventListener("click", () => this.decide("rejected"));
@@ -38,13 +38,34 @@ export class Review {
     }
   }
 
-  async show(event, labels) {
+  /** Make ``event`` the one the keys act on, synchronously: an empty note (the note box is this reviewer's
+   * note for this decision; the previous reviewer's note is shown read-only in the facts and the history), its
+   * model's labels, the undo button. Called before anything is awaited, so no key ever sends another event's
+   * note or label. */
+  reset(event, labels) {
     this.event = event;
-    $("review-note").value = event.note || "";
+    $("review-note").value = "";
     this.fillLabels(labels);
     if (labels.includes(event.reviewed_label || event.label)) $("relabel-label").value = event.reviewed_label || event.label;
     $("undo").hidden = event.status === "flagged" || event.reviewer !== currentUser()?.username;
+  }
+
+  async show(event, labels) {
+    this.reset(event, labels);
     await this.history(event.id);
+  }
+
+  /** Refuse, saying so, when ``event`` already has a request in flight (a second press is never silent). */
+  stillSaving(event) {
+    if (!this.saving.has(event.id)) return false;
+    this.say(this.about(event, "still saving the previous decision on this event — press again once it is saved"));
+    return true;
+  }
+
+  /** A decision button keeps no focus: space (play/pause) must never press it again. */
+  dropFocus() {
+    const active = document.activeElement;
+    if (active && active !== document.body && $("review-form").contains(active)) active.blur();
   }
 
   say(text) { $("review-status").textContent = text; }
@@ -63,12 +84,18 @@ export class Review {
 
   async decide(decision) {
     const event = this.event;
-    if (!event || this.busy) return;
+    if (!event) {
+      this.say("Select an event first (j).");
+      return;
+    }
+    if (this.stillSaving(event)) return;
     const body = { decision };
     const note = $("review-note").value.trim();
     if (note) body.note = note;
     if (decision === "relabelled") body.label = $("relabel-label").value;
-    this.busy = true;
+    this.dropFocus();
+    this.saving.add(event.id);
+    this.say(this.about(event, "Saving…"));
     try {
       const updated = await api.review(event.id, body);
       this.lastDecided = event.id;
@@ -77,7 +104,7 @@ export class Review {
     } catch (err) {
       this.say(this.about(event, `Not saved — ${err.message}`));
     } finally {
-      this.busy = false;
+      this.saving = new Set();  // events whose decision or undo is in flight: one at a time per event, never global
     }
     if (document.activeElement === $("relabel-label")) $("relabel-label").blur();
   }
@@ -89,12 +116,17 @@ export class Review {
 
   async undo() {
     const event = this.event;
-    if (!event || this.busy) return;
+    if (!event) {
+      this.say("Select an event first (j).");
+      return;
+    }
+    if (this.stillSaving(event)) return;
     if ($("undo").hidden) {
       this.say("Nothing of yours to undo on this event.");
       return;
     }
-    this.busy = true;
+    this.dropFocus();
+    this.saving.add(event.id);
     try {
       // name the review shown as the latest: a double press or a retry is refused (409), never an undo of
       // the review below it
@@ -106,7 +138,7 @@ export class Review {
     } catch (err) {
       this.say(this.about(event, `Not undone — ${err.message}`));
     } finally {
-      this.busy = false;
+      this.saving = new Set();  // events whose decision or undo is in flight: one at a time per event, never global
     }
   }
 

@@ -133,7 +133,8 @@ function drawAxis(ctx, view, width, top) {
 
 /** m:ss (h:mm:ss past an hour), tenths below ten seconds of span. */
 export function formatTime(seconds) {
-  const s = Math.max(0, seconds);
+  // rounded first (to the tenth shown below ten seconds): 59.96 is 1:00, never 0:60
+  const s = Math.round(Math.max(0, seconds) * 10) / 10;
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const rest = s % 60;

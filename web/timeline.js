@@ -6,6 +6,9 @@ import { drawScores, formatTime, renderLegend } from "./score-plot.js";
 
 const MIN_SPAN = 2;  // seconds: the closest zoom
 const DRAG_PX = 4;   // a pointer that moved less than this clicked
+// a burst of wheel turns or pan presses redraws at once but asks the server once, when it stops: every
+// timeline read is audited, so a spin of the wheel must not write a trail of them
+const SETTLE_MS = 150;
 
 export class Timeline {
   /**
@@ -24,6 +27,8 @@ export class Timeline {
     this.data = null;
     this.marks = { cursor: null, selection: null, current: null, clip: null };
     this.pending = 0;
+    this.timer = null;
+    this.settled = null;  // resolves a superseded wait, so no caller awaits forever
     this.drag = null;
     this.bind();
     new ResizeObserver(() => this.render()).observe(this.canvas);
@@ -121,8 +126,8 @@ export class Timeline {
       this.data = null;
       this.marks.selection = null;
     }
-    if (window) await this.show(window[0], window[1]);
-    else await this.show(0, this.duration);
+    if (window) await this.show(window[0], window[1], 0);
+    else await this.show(0, this.duration, 0);
   }
 
   zoom(factor, around = null) {
@@ -138,14 +143,29 @@ export class Timeline {
     return this.show(this.view.start + fraction * span, this.view.end + fraction * span);
   }
 
-  async show(start, end) {
-    if (!this.recording) return;
+  /** Show ``[start, end]`` now and fetch its scores after ``wait`` ms without a further change (0: at once). */
+  show(start, end, wait = SETTLE_MS) {
+    if (!this.recording) return Promise.resolve();
     const span = Math.min(Math.max(this.duration, MIN_SPAN), Math.max(MIN_SPAN, end - start));
     let a = Math.max(0, Math.min(start, this.duration - span));
     if (!Number.isFinite(a)) a = 0;
     this.view = { start: a, end: a + span };
     this.render();
     const ticket = ++this.pending;
+    clearTimeout(this.timer);
+    this.settled?.();
+    this.settled = null;
+    if (!wait) return this.fetch(ticket);
+    return new Promise((resolve) => {
+      this.settled = resolve;
+      this.timer = setTimeout(() => {
+        this.settled = null;
+        resolve(this.fetch(ticket));
+      }, wait);
+    });
+  }
+
+  async fetch(ticket) {
     const points = Math.min(2000, Math.max(100, Math.round(this.canvas.clientWidth)));
     try {
       const data = await api.timeline(this.recording, { start: this.view.start, end: this.view.end, points });
@@ -154,7 +174,7 @@ export class Timeline {
       this.data = data;
       if (data.duration && !this.duration) {  // the recording's length was unknown: show all of it now
         this.duration = data.duration;
-        await this.show(0, data.duration);
+        await this.show(0, data.duration, 0);
         return;
       }
       this.root.querySelector("#timeline-range").textContent =

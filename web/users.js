@@ -60,7 +60,8 @@ async function disableUser(username) {
   try {
     await api.disableUser(username);
     say(status, `Disabled ${username}: their sessions and tokens no longer work.`);
-    await Promise.all([loadUsers(), loadTokens()]);
+    await loadUsers();  // first: a token's state reads its user's (renderTokens)
+    await loadTokens();
   } catch (err) {
     say(status, `${username} not disabled — ${err.message}`, { error: true });
   }

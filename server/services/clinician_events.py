@@ -10,8 +10,11 @@ all treat it as they treat a confirmed flag, with no second path to keep in step
   says who added it, and an undo takes the confirmation back like any other;
 * its peak score and time are the model's own view of the range (the highest clip score for the label among
   the clips overlapping it; 0 and the range's middle when none overlaps), so the queue can sort it;
-* a review clip is exported from the stored file as the pipeline does, so the event view can play it. The
-  export failing (a damaged file, a range past the decodable end) costs the clip, never the event.
+* a review clip is exported from the stored file as the pipeline does (with its exact ``clip_start``), so the
+  event view can play and seek it. The export runs after the event is committed (:func:`attach_review_clip`, its
+  own short transaction), never while the request holds the database's write lock, and the range is capped
+  (``Settings.clinician_event_max_seconds``) so one drag cannot ask for an hour of video. The export failing (a
+  damaged file, a range past the decodable end) costs the clip, never the event.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from ingest.export import export_clip
+from ingest.export import export_review_clip
 from server.db.tables import Clip, Event, EventSource, EventStatus, ModelVersion, Recording
 from server.media import MAX_OVERLAY_SIDE
 from server.schemas import ClinicianEventIn, ReviewIn
@@ -41,9 +44,15 @@ log = logging.getLogger(__name__)
 def add_clinician_event(*, session: Session, settings: Settings, recording_id: int, event_in: ClinicianEventIn,
                         reviewer: Principal) -> Event:
     """Store ``event_in`` on the recording as a confirmed, clinician-added event reviewed by ``reviewer``.
-    NotFoundError for an unknown recording; InvalidInputError for a label the model lacks, a range past the
-    recording's end, or a recording with no model to name."""
+    NotFoundError for an unknown recording; InvalidInputError for a label the model lacks, a range longer than
+    ``settings.clinician_event_max_seconds``, a range past the recording's end, or a recording with no model to
+    name. No review clip yet: the caller commits, then calls :func:`attach_review_clip`."""
     recording = get_recording(session=session, recording_id=recording_id)
+    cap = settings.clinician_event_max_seconds
+    if event_in.end - event_in.start > cap:
+        raise InvalidInputError(f"the range {event_in.start:g}-{event_in.end:g} s is "
+                                f"{event_in.end - event_in.start:g} s long; a marked event may last at most {cap:g} s "
+                                "(mark a longer episode as several events)")
     version = scoring_version(session=session, recording_id=recording.id)
     labels = [str(name) for name in version.class_names]
     if event_in.label not in labels:
@@ -67,9 +76,6 @@ def add_clinician_event(*, session: Session, settings: Settings, recording_id: i
     session.flush()
     event = record_review(session=session, event_id=event.id,
                           review=ReviewIn(decision="confirmed", note=event_in.note), reviewer=reviewer)
-    if recording.path:
-        event.clip_path = review_clip(settings=settings, video=settings.data_dir / recording.path,
-                                      event_id=event.id, start=event.start, end=event.end)
     queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
     return event
 
@@ -110,16 +116,43 @@ def peak_over(*, session: Session, recording_id: int, version_id: int, label: st
     return best
 
 
-def review_clip(*, settings: Settings, video: Path, event_id: int, start: float, end: float) -> str | None:
-    """Export the event's review clip as the pipeline does; the path relative to the data directory, or None
-    (logged) when the file cannot give one."""
+def attach_review_clip(*, factory: sessionmaker[Session], settings: Settings, event_id: int) -> bool:
+    """Export the committed event's review clip and store ``clip_path`` and ``clip_start`` in a short transaction
+    of its own; False if the event was deleted meanwhile. Nothing is held open while
+    ffmpeg decodes: reading the event and writing the result are two separate short transactions."""
+    with factory() as session:
+        event = session.get(Event, event_id)
+        if event is None:
+            return False
+        recording = session.get(Recording, event.recording_id)
+        path = recording.path if recording is not None else None
+        start, end = event.start, event.end
+        session.rollback()  # end the read before the export
+        if not path:
+            return True
+        exported = review_clip(settings=settings, video=settings.data_dir / path, event_id=event_id, start=start,
+                               end=end)
+        if exported is None:
+            return True
+        event = session.get(Event, event_id)
+        if event is None:
+            return False
+        event.clip_path, event.clip_start = exported
+        session.commit()
+        return True
+
+
+def review_clip(*, settings: Settings, video: Path, event_id: int, start: float,
+                end: float) -> tuple[str, float] | None:
+    """Export the event's review clip as the pipeline does: (path relative to the data directory, recording
+    second at the clip's 0 s), or None (logged) when the file cannot give one."""
     out = settings.media_dir / "events" / str(event_id) / "clip.mp4"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        written = export_clip(video, out, start, end, pre=settings.review_clip_pre_seconds,
-                              post=settings.review_clip_post_seconds, max_side=MAX_OVERLAY_SIDE)
+        written = export_review_clip(video, out, start, end, pre=settings.review_clip_pre_seconds,
+                                     post=settings.review_clip_post_seconds, max_side=MAX_OVERLAY_SIDE)
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the event must not be lost
         log.warning("event %s: no review clip from %s (%s: %s); the event is kept without one", event_id, video,
                     type(exc).__name__, exc)
         return None
-    return str(written.relative_to(settings.data_dir))
+    return str(written.path.relative_to(settings.data_dir)), written.start

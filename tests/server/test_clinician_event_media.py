@@ -4,12 +4,16 @@ its label, exactly the clips and labels a confirmed flag over the same range giv
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 
+from ingest.decode import read_frames
 from server.db.session import session_scope
 from server.db.tables import Clip, Event, Recording, RecordingStatus
 from server.pipeline import process_recording
@@ -34,6 +38,35 @@ def _overlapping_clips(client: TestClient, recording_id: int, start: float, end:
         return {tuple(c.timestamps) for c in clips}
 
 
+def _assert_clip_start_exact(client: TestClient, recording_id: int, event: dict[str, Any], clip: bytes) -> None:
+    """clip_start is set, and player time t shows recording time clip_start + t to the frame (as
+    tests/server/test_event_maps.py checks for the pipeline's events)."""
+    settings = client.app.state.settings
+    start = event["clip_start"]
+    earliest = max(0.0, event["start"] - settings.review_clip_pre_seconds)
+    assert start is not None and earliest - 1e-6 <= start < earliest + 1 / 5, event
+    with session_scope(client.app.state.session_factory) as session:
+        video = settings.data_dir / session.get(Recording, recording_id).path
+        assert session.get(Event, event["id"]).clip_start == start
+    path = Path(settings.data_dir) / "clinician-clip-copy.mp4"
+    path.write_bytes(clip)
+    with av.open(str(path)) as container:
+        decoded = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(container.streams.video[0])]
+    assert decoded[0][0] == 0.0
+    height, width = decoded[0][1].shape[:2]
+    times = [t for t, _ in decoded]
+    fps = (len(times) - 1) / (times[-1] - times[0])
+
+    def error(offset: float) -> float:
+        source = read_frames(video, [start + t + offset for t in times], size=(width, height), backend="pyav")
+        return float(np.mean([np.abs(f.astype(int) - s.astype(int)).mean()
+                              for (_, f), s in zip(decoded, source, strict=True)]))
+
+    exact = error(0.0)
+    assert exact < error(-1 / fps) and exact < error(1 / fps), "clip_start is off by at least one frame"
+    assert exact < 4.0
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the scoring is what is slow; SQL is the same
 def test_marked_event_gets_a_clip_and_is_a_positive_like_a_confirmed_flag(client: TestClient, ward_video: Any
                                                                           ) -> None:
@@ -51,6 +84,7 @@ def test_marked_event_gets_a_clip_and_is_a_positive_like_a_confirmed_flag(client
     assert event["clip_url"] == f"/api/v1/events/{event['id']}/clip.mp4"
     clip = client.get(event["clip_url"])
     assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4" and clip.content[4:8] == b"ftyp"
+    _assert_clip_start_exact(client, recording_id, event, clip.content)
 
     marked = _training_set(client, recording_id)
     class_names = list(client.get("/api/v1/models").json()[0]["class_names"])

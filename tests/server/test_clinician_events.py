@@ -157,3 +157,51 @@ def test_a_file_that_gives_no_clip_keeps_the_event(client: TestClient) -> None:
     assert answer.status_code == 201, answer.text
     assert answer.json()["clip_url"] is None and answer.json()["status"] == "confirmed"
     assert client.get(f"/api/v1/events/{answer.json()['id']}/clip.mp4").status_code == 404
+
+
+def test_a_range_longer_than_the_cap_is_refused_with_the_limit(client: TestClient) -> None:
+    recording_id, _model_id, _names = _seed(client.app, duration=4000.0)
+    before = _events(client)
+    cap = client.app.state.settings.clinician_event_max_seconds
+    answer = client.post(f"/api/v1/recordings/{recording_id}/events",
+                         json={"label": "fall", "start": 10, "end": 10 + cap + 1})
+    assert answer.status_code == 422, answer.text
+    assert f"at most {cap:g} s" in answer.text and "several events" in answer.text
+    assert _events(client) == before
+    assert client.post(f"/api/v1/recordings/{recording_id}/events",
+                       json={"label": "fall", "start": 10, "end": 10 + cap}).status_code == 201
+
+
+def test_the_clip_is_exported_after_the_event_is_committed(client: TestClient, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """While ffmpeg works, the event (and its audit entry) is already committed, and another writer is not
+    blocked by the request: the export holds no transaction."""
+    import server.services.clinician_events as clinician_events
+
+    settings = client.app.state.settings
+    junk = settings.data_dir / "recordings" / "later.mp4"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"not a video either")
+    recording_id, _model_id, _names = _seed(client.app, path=str(junk.relative_to(settings.data_dir)))
+    seen: list[tuple[str, str | None]] = []
+    real = clinician_events.export_review_clip
+
+    def watching(src, dst, start, end, **kwargs):  # type: ignore[no-untyped-def]
+        event_id = int(dst.parent.name)
+        with session_scope(client.app.state.session_factory) as other:  # a second connection writes meanwhile
+            event = other.get(Event, event_id)
+            assert event is not None, "the event is not committed while its clip is exported"
+            seen.append((event.status.value, event.reviewer))
+            other.get(Recording, recording_id).room = "room-7b"
+        return real(src, dst, start, end, **kwargs)
+
+    monkeypatch.setattr(clinician_events, "export_review_clip", watching)
+    answer = client.post(f"/api/v1/recordings/{recording_id}/events", json={"label": "fall", "start": 2, "end": 6})
+    assert answer.status_code == 201, answer.text
+    assert seen == [("confirmed", answer.json()["reviewer"])]
+    assert answer.json()["clip_url"] is None and answer.json()["clip_start"] is None  # the export failed: kept
+    with session_scope(client.app.state.session_factory) as session:
+        assert session.get(Recording, recording_id).room == "room-7b"
+        assert session.scalar(select(func.count()).select_from(AuditLog).where(
+            AuditLog.action == "post_clinician_event", AuditLog.outcome == Outcome.allowed,
+            AuditLog.detail.contains(f"event {answer.json()['id']} "))) == 1

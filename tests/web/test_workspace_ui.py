@@ -116,6 +116,11 @@ def test_explanation_drawn_on_the_playing_clip(ws: SimpleNamespace, page: Page) 
     open_event(page, ws, event["id"])
     expect(page.locator("#overlay-state")).to_have_text("Grad-CAM drawn on the video")
     wait_until(page, "document.getElementById('event-clip').readyState >= 2")
+    # a moment the maps cover (the clip's padding before them has no map, so nothing is drawn there)
+    inside = maps["times"][len(maps["times"]) // 2] - event["clip_start"]
+    page.evaluate(f"() => {{ document.getElementById('event-clip').currentTime = {max(0.0, inside)}; }}")
+    wait_until(page, "!document.getElementById('event-clip').seeking")
+    page.wait_for_timeout(100)
     grad_cam = canvas_digest(page)
     assert grad_cam[1] > 0, "nothing drawn over the video"
     assert_accessible(page)
@@ -144,18 +149,26 @@ def test_explanation_drawn_on_the_playing_clip(ws: SimpleNamespace, page: Page) 
     assert strong[0] > grad_cam[0]
     page.locator("#overlay-opacity").blur()
 
-    # synchronised to the player: the first and the last moment of the clip show the nearest map frames
-    if len(maps["times"]) > 1:
-        frames = []
-        for at in ("0", "v.duration - 0.05"):
-            page.evaluate(f"() => {{ const v = document.getElementById('event-clip'); v.currentTime = {at}; }}")
+    # synchronised to the player: the first and the last map frame at their own moments; at the clip's 0 s and
+    # end, the nearest frame, or none where the clip's padding lies more than a frame step outside the maps
+    times = maps["times"]
+    if len(times) > 1:
+        step = sorted(b - a for a, b in zip(times, times[1:], strict=False))[(len(times) - 1) // 2]
+        t0 = event["clip_start"]
+        duration = page.evaluate("document.getElementById('event-clip').duration")
+        seen = {}
+        for at in (0.0, times[0] - t0 + 0.01, times[-1] - t0 - 0.01, duration - 0.05):
+            page.evaluate(f"() => {{ document.getElementById('event-clip').currentTime = {max(0.0, at)}; }}")
             wait_until(page, "!document.getElementById('event-clip').seeking")
             page.wait_for_timeout(100)
-            frames.append(page.locator("#overlay-canvas").get_attribute("data-frame"))
-        assert frames[0] != frames[1], frames
-        expected_first = min(range(len(maps["times"])),
-                             key=lambda i: abs(maps["times"][i] - event["clip_start"]))
-        assert frames[0] == str(expected_first)
+            seen[at] = (page.locator("#overlay-canvas").get_attribute("data-frame"), canvas_digest(page)[1])
+        for at, (frame, drawn) in seen.items():
+            t = t0 + max(0.0, at)
+            if t < times[0] - step or t > times[-1] + step:
+                assert frame == "" and drawn == 0, (at, t, times[0], times[-1], step)
+            else:
+                assert frame == str(min(range(len(times)), key=lambda i: abs(times[i] - t))) and drawn, (at, frame)
+        assert len({frame for frame, _ in seen.values()}) > 1, seen
 
     # space plays and pauses; the overlay follows the playing video
     page.keyboard.press(" ")
@@ -183,6 +196,26 @@ def test_explanation_drawn_on_the_playing_clip(ws: SimpleNamespace, page: Page) 
     assert side[1] == side[2] * side[3], "side by side: the video frame under the map, every pixel opaque"
     assert_accessible(page)
     page.screenshot(path=str(ARTIFACTS / "workspace-side-by-side.png"), full_page=True)
+
+
+FRAME_AT = """async () => {
+  const { frameAt } = await import("/overlay.js");
+  const { formatTime } = await import("/score-plot.js");
+  const times = [10, 10.1, 10.2, 10.3];
+  return { frames: [9.85, 9.92, 10, 10.16, 10.3, 10.38, 10.45, 20].map((t) => frameAt(times, t)),
+           lone: [frameAt([5], 4.6), frameAt([5], 4.4)], empty: frameAt([], 1),
+           times: [59.96, 59.94, 0, 9.95, 3599.97, 61].map(formatTime) };
+}"""
+
+
+def test_overlay_frame_choice_and_time_format_in_the_page(ws: SimpleNamespace, page: Page) -> None:
+    """The modules as the page loads them: no map frame outside the maps' span (plus one step), and times
+    rounded before they are split into minutes and seconds."""
+    page.goto(ws.base)
+    got = page.evaluate(FRAME_AT)
+    assert got["frames"] == [-1, 0, 0, 2, 3, 3, -1, -1]
+    assert got["lone"] == [0, -1] and got["empty"] == -1
+    assert got["times"] == ["1:00", "0:59.9", "0:00", "0:10", "1:00:00", "1:01"]
 
 
 def test_mark_a_missed_event_on_the_timeline(ws: SimpleNamespace, page: Page) -> None:

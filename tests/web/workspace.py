@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from server.db.session import session_scope
-from server.db.tables import Event, ModelState, ModelVersion, Recording, RecordingStatus
+from server.db.tables import Clip, Event, ModelState, ModelVersion, Recording, RecordingStatus
 from server.main import create_app
 from server.settings import Settings
 from tests.accounts import bearer, ensure_user
@@ -70,6 +70,22 @@ def seed_events(app: Any, *, room: str, count: int, duration: float = 600.0,
         session.add_all(events)
         session.flush()
         return [e.id for e in reversed(events)]
+
+
+def copy_without_events(app: Any, recording_id: int, *, room: str) -> int:
+    """A second recording of the same stored file with the same scored clips and no events: what a recording
+    where the model flagged nothing looks like (the issue's motivating case). Returns its id."""
+    with session_scope(app.state.session_factory) as session:
+        def columns(row: Any, *skip: str) -> dict[str, Any]:
+            return {c.key: getattr(row, c.key) for c in row.__mapper__.column_attrs if c.key not in ("id", *skip)}
+
+        original = session.get(Recording, recording_id)
+        copy = Recording(**{**columns(original), "room": room})
+        session.add(copy)
+        session.flush()
+        clips = session.scalars(select(Clip).where(Clip.recording_id == recording_id)).all()
+        session.add_all(Clip(**{**columns(clip, "recording_id"), "recording_id": copy.id}) for clip in clips)
+        return copy.id
 
 
 def event_row(app: Any, event_id: int) -> dict[str, Any] | None:

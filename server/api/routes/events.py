@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from server.api.compression import json_answer
-from server.api.deps import SessionDep, SettingsDep
+from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
 from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, OpaqueCursorQuery, TextQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import EventSource, EventStatus, Explanation
@@ -28,7 +28,7 @@ from server.schemas import (
     StatusCountsPublic,
     UndoIn,
 )
-from server.services.clinician_events import add_clinician_event
+from server.services.clinician_events import add_clinician_event, attach_review_clip
 from server.services.errors import NotFoundError
 from server.services.event_maps import get_event_maps
 from server.services.event_queue import EventFilter, QueueSort, list_events
@@ -178,15 +178,23 @@ def _media(data_dir: Path, relative: str | None, media_type: str) -> FileRespons
 @router.post("/recordings/{recording_id}/events", status_code=201, response_model=EventPublic, tags=["recordings"],
              responses={404: {"description": "no such recording"},
                         422: {"description": "bad input: a label the recording's model does not have, a range "
-                                             "outside the recording, or end not after start"}})
-def post_clinician_event(session: SessionDep, settings: SettingsDep, access: Review, recording_id: IdPath,
-                         event_in: ClinicianEventIn) -> EventPublic:
+                                             "outside the recording or longer than the setting "
+                                             "clinician_event_max_seconds (600 s by default), or end not after "
+                                             "start"}})
+def post_clinician_event(session: SessionDep, factory: SessionFactoryDep, settings: SettingsDep, access: Review,
+                         recording_id: IdPath, event_in: ClinicianEventIn) -> EventPublic:
     """Mark an event the model missed: stored with source ``clinician``, confirmed, reviewed by the signed-in
     clinician (its first review-history entry), with a review clip when the recording has a stored file. The
     label is one of the classes of the model version that scored the recording (the active model if none has);
-    fine-tuning uses it as a positive example, as it uses a confirmed flag."""
+    fine-tuning uses it as a positive example, as it uses a confirmed flag. The range lasts at most
+    ``clinician_event_max_seconds``. The event and its audit entry commit first; the clip is exported after,
+    outside that transaction (a failed export leaves the event without a clip)."""
     event = add_clinician_event(session=session, settings=settings, recording_id=recording_id, event_in=event_in,
                                 reviewer=access.principal)
     # the trail names the new event and its label; the note is free text (it may hold patient details), so not
     access.note(detail=f"added clinician event {event.id} label={event.label}")
+    access.record_now(session, 201)
+    session.commit()
+    if attach_review_clip(factory=factory, settings=settings, event_id=event.id):
+        session.refresh(event)  # the clip the short transaction stored
     return event_public(event)
