@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.accel import InferenceOptions, autocast, model_to_channels_last, to_channels_last
 from model.device import resolve_device
+from model.prefetch import prefetch
 from model.weights import InputSpec, LoadedModel
 
 if TYPE_CHECKING:  # only for annotations: scoring works on anything shaped like a Clip
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # only for annotations: scoring works on anything shaped like
 
 __all__ = [
     "ClipScorer",
+    "InferenceOptions",
     "ScoredClips",
     "frames_to_tensor",
     "model_device",
@@ -126,38 +129,72 @@ class ScoredClips:
 class ClipScorer:
     """Scores a stream of clips in batches with a loaded model.
 
-    Memory stays bounded by ``batch_size`` clips: the input iterable (e.g. ``iter_clips``) is
-    consumed lazily, and each clip is yielded back with its probabilities as soon as its batch
-    has been scored.
+    Memory stays bounded by ``batch_size`` clips times the prefetch depth: the input iterable (e.g.
+    ``iter_clips``) is consumed lazily, and each clip is yielded back with its probabilities as soon as
+    its batch has been scored. With ``options.prefetch_batches`` > 0 (the default) a decode thread pulls
+    clips from the iterable and prepares their input tensors (:meth:`prepare`) while the model scores
+    the previous batch (:meth:`infer`); see :class:`~model.accel.InferenceOptions` for precision,
+    memory format and pinned memory. ``options.channels_last`` converts the model's weights in place
+    (a layout change only: every user of the model gets the same results).
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 16) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int = 16, options: InferenceOptions | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.loaded = loaded
         self.batch_size = int(batch_size)
+        self.device = model_device(loaded.model)
+        self.options = (options or InferenceOptions()).resolve(self.device)
         loaded.model.eval()
+        if self.options.channels_last:
+            model_to_channels_last(loaded.model)
 
     @property
     def class_names(self) -> list[str]:
         return self.loaded.class_names
 
-    def _score_batch(self, batch: list[Clip]) -> np.ndarray:
+    def prepare(self, batch: list[Clip]) -> torch.Tensor:
+        """CPU side of a batch (runs in the decode thread): stacked, normalised, laid out, pinned."""
         frames = np.stack([clip.frames for clip in batch])
         tensor = frames_to_tensor(frames, self.loaded.input_spec)
-        probs = predict_proba(self.loaded.model, tensor, multi_label=self.loaded.input_spec.multi_label)
-        return probs.numpy()
+        if self.options.channels_last:
+            tensor = to_channels_last(tensor)
+        if self.options.pin_memory:
+            tensor = tensor.pin_memory()
+        return tensor
 
-    def score(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray]]:
-        """Yield ``(clip, probs)`` for every clip, in input order; ``probs`` float32 ``[K]``."""
+    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+        """Probabilities float32 ``[B, K]`` of a prepared batch: the forward pass alone (the public hook
+        :class:`server.observability.scoring.ObservedScorer` times)."""
+        x = inputs.to(self.device, non_blocking=self.options.pin_memory)
+        with torch.inference_mode(), autocast(self.device, self.options.autocast_dtype):
+            logits = self.loaded.model(x)
+        logits = logits.float()
+        probs = torch.sigmoid(logits) if self.loaded.input_spec.multi_label else torch.softmax(logits, dim=1)
+        return probs.cpu().numpy()
+
+    def _batches(self, clips: Iterable[Clip]) -> Iterator[tuple[list[Clip], torch.Tensor]]:
         batch: list[Clip] = []
         for clip in clips:
             batch.append(clip)
             if len(batch) == self.batch_size:
-                yield from zip(batch, self._score_batch(batch), strict=True)
+                yield batch, self.prepare(batch)
                 batch = []
         if batch:
-            yield from zip(batch, self._score_batch(batch), strict=True)
+            yield batch, self.prepare(batch)
+
+    def score(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray]]:
+        """Yield ``(clip, probs)`` for every clip, in input order; ``probs`` float32 ``[K]``.
+
+        An error raised by ``clips`` (e.g. a decode error) comes out of here unchanged; closing this
+        generator early stops the decode thread first.
+        """
+        batches = prefetch(self._batches(clips), self.options.prefetch_batches)
+        try:
+            for batch, inputs in batches:
+                yield from zip(batch, self.infer(inputs), strict=True)
+        finally:
+            batches.close()
 
     __call__ = score
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from ingest.clips import Clip as IngestClip
 from ingest.clips import ClipSpec, IngestReport, iter_clips
 from ingest.errors import IngestError
 from ingest.export import ExportedClip, export_review_clip
+from model.accel import InferenceOptions
 from model.events import DetectedEvent, EventRule, detect_events
 from model.weights import LoadedModel
 from server.db.session import session_scope
@@ -73,6 +75,12 @@ def clip_spec_for(loaded: LoadedModel, settings: Settings) -> ClipSpec:
         sample_fps=spec.sample_fps,
         size=tuple(spec.size),  # type: ignore[arg-type]
     )
+
+
+def inference_options(settings: Settings) -> InferenceOptions:
+    """The scorer's precision, memory format and decode-ahead depth from the settings."""
+    return InferenceOptions(precision=settings.inference_precision, channels_last=settings.inference_channels_last,
+                            prefetch_batches=settings.decode_prefetch_batches)
 
 
 def event_rule(settings: Settings) -> EventRule:
@@ -215,14 +223,15 @@ def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, lease: 
                  spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
                  report: IngestReport, run: ScoreRun) -> None:
     """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
-    scorer = ObservedScorer(loaded, batch_size=ctx.settings.score_batch_size)
+    scorer = ObservedScorer(loaded, batch_size=ctx.settings.score_batch_size, options=inference_options(ctx.settings))
     expected = max(1.0, duration / spec.stride_seconds)
     pending: list[Clip] = []
     clips = iter_clips(video_path, spec, started_at=started_at, report=report, start_index=len(run.starts))
-    for clip, probs in scorer.score(clips):
-        pending.append(record_clip(run, clip, probs, recording_id, version_id, loaded.class_names))
-        if len(pending) >= ctx.settings.commit_every:
-            flush_clips(ctx, pending, lease, min(0.95, len(run.starts) / expected))
+    with closing(scorer.score(clips)) as scored:  # a failed commit stops the decode thread at once
+        for clip, probs in scored:
+            pending.append(record_clip(run, clip, probs, recording_id, version_id, loaded.class_names))
+            if len(pending) >= ctx.settings.commit_every:
+                flush_clips(ctx, pending, lease, min(0.95, len(run.starts) / expected))
     flush_clips(ctx, pending, lease, 0.95)
 
 

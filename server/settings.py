@@ -111,6 +111,12 @@ class Settings(BaseSettings):
 
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
     score_batch_size: int = 8
+    inference_precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="autocast dtype on CUDA (auto: float16); CPU always scores in float32")
+    inference_channels_last: bool | None = Field(
+        default=None, description="channels-last (3-D) memory format; None: on CUDA only")
+    decode_prefetch_batches: int = Field(
+        default=2, ge=0, description="batches decoded ahead by the decode thread while the model scores; 0: none")
     commit_every: int = Field(default=32, ge=1, description="clips per commit: progress granularity, resume point")
     event_threshold: float = 0.5
     event_low_threshold: float | None = None

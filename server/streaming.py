@@ -20,6 +20,7 @@ import logging
 import threading
 import traceback
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from server.pipeline import (
     committed_clips,
     event_rule,
     flush_clips,
+    inference_options,
     record_clip,
     store_event,
 )
@@ -154,7 +156,9 @@ def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, load
     frames: deque[tuple[int, IngestClip]] = deque(maxlen=FRAME_BUFFER_CLIPS)
     rule = event_rule(ctx.settings)
     noted_gaps = len(report.gaps)
-    scorer = ClipScorer(loaded, batch_size=1)  # latency over throughput: score each clip as it completes
+    # latency over throughput: score each clip as it completes; no decode thread (prefetch 0), because the
+    # stream reader paces itself and is closed by this thread when the stream is stopped
+    scorer = ClipScorer(loaded, batch_size=1, options=replace(inference_options(ctx.settings), prefetch_batches=0))
     error: str | None = None
     try:
         clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ingest.clips import Clip
 from model.inference import ClipScorer
 from server.observability.metrics import observe_inference
 
 
 class ObservedScorer(ClipScorer):
-    """``ClipScorer`` whose every batch is timed into ``wardwatch_inference_seconds`` and counted into
-    ``wardwatch_inference_batch_size``."""
+    """``ClipScorer`` whose every forward pass is timed into ``wardwatch_inference_seconds`` and counted into
+    ``wardwatch_inference_batch_size``.
 
-    def _score_batch(self, batch: list[Clip]) -> np.ndarray:
-        with observe_inference(len(batch)):
-            return super()._score_batch(batch)
+    Only :meth:`ClipScorer.infer` is timed: decoding and tensor preparation run in the decode thread
+    (overlapped with the previous batch), so they are not inference latency.
+    """
+
+    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+        with observe_inference(int(inputs.shape[0])):
+            return super().infer(inputs)
