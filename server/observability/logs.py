@@ -46,16 +46,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is when a record comes: a test runner (or a daemon) may swap it, and a
-    handler holding the old, closed stream would fail on every later record."""
+    """Writes to ``sys.stderr`` as it was when logging was configured, like ``StreamHandler()``; if that stream
+    has since been closed (a test runner's capture that ended), to the process's real stderr instead of failing
+    on every later record. Not the *current* ``sys.stderr``: Celery replaces it by a proxy that logs what is
+    written to it, which would send every record round in a loop."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # type: ignore[no-untyped-def]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self.stream, "closed", False) and sys.__stderr__ is not None:
+            self.stream = sys.__stderr__  # not setStream(): it would flush the closed one
+        super().emit(record)
 
 
 def configure_logging(level: int, fmt: str) -> None:
