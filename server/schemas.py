@@ -105,6 +105,17 @@ def plausible_wall_clock(value: datetime) -> datetime:
 WallClock = Annotated[UtcDatetime, AfterValidator(plausible_wall_clock)]
 
 
+def _not_blank(note: str) -> str:
+    """A blank note would read in the history as if something had been written: leave it out instead."""
+    if not note.strip():
+        raise ValueError("the note is empty: leave 'note' out instead")
+    return note
+
+
+#: a clinician's free-text note (reviews, clinician-added events): bounded plain text, never blank
+Note = Annotated[Text(MAX_NOTE), AfterValidator(_not_blank)]
+
+
 JSON_MAX_DEPTH = 4
 JSON_MAX_ITEMS = 64
 JSON_MAX_STRING = 1024
@@ -318,14 +329,7 @@ class ClinicianEventIn(BaseModel):
     start: float = Field(ge=0, allow_inf_nan=False, description="recording seconds")
     end: float = Field(ge=0, allow_inf_nan=False, description="recording seconds, after start, at most the "
                                                               "recording's duration")
-    note: Text(MAX_NOTE) | None = Field(default=None, description="leave it out rather than send ''")
-
-    @field_validator("note", mode="after")
-    @classmethod
-    def _note_not_blank(cls, note: str | None) -> str | None:
-        if note is not None and not note.strip():
-            raise ValueError("the note is empty: leave 'note' out instead")
-        return note
+    note: Note | None = Field(default=None, description="leave it out rather than send ''")
 
     @model_validator(mode="after")
     def _ordered(self) -> ClinicianEventIn:
@@ -343,16 +347,8 @@ class ReviewIn(BaseModel):
     label: Text(64, min_length=1) | None = Field(
         default=None, description="relabels only: one of the classes of the model version that flagged the event "
                                   "(its own label included)")
-    note: Text(MAX_NOTE) | None = Field(default=None, description="leave it out rather than send ''")
+    note: Note | None = Field(default=None, description="leave it out rather than send ''")
     # No "reviewer" field: the reviewer is the signed-in clinician, never what the client claims.
-
-    @field_validator("note", mode="after")
-    @classmethod
-    def _note_not_blank(cls, note: str | None) -> str | None:
-        """A blank note would read in the history as if something had been written: leave it out instead."""
-        if note is not None and not note.strip():
-            raise ValueError("the note is empty: leave 'note' out instead")
-        return note
 
     @model_validator(mode="after")
     def _label_for_relabel(self) -> ReviewIn:
