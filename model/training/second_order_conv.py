@@ -1,0 +1,154 @@
+"""Convolutions whose double backward runs on the first-order kernels, for ATCON's second-order passes.
+
+Why: ATCON's loss is a function of Guided Backprop's input gradient, so the optimiser's backward runs the
+*double backward* of every convolution: for ``y = conv(x, W)`` and the input gradient
+``gI = conv_input_grad(gO, W)``, it needs ``d/dgO = conv(ggI, W)`` and ``d/dW = weight_grad(gO, ggI)``.
+PyTorch's generic formula (``aten::_convolution_double_backward``) computes the weight term as a
+convolution with batch and channels swapped and ``gO`` as the kernel, and computes every term whether the
+backward needs it or not. On CPU (oneDNN) that costs 1.3x (ResNet-18 shapes) to 2.2x (r3d_18 shapes) the
+two first-order kernels that give the same numbers (``python benchmarks/training.py --double-backward``).
+
+Here a convolution is an :class:`torch.autograd.Function` whose input gradient is itself a Function with
+an explicit backward: ``conv`` for the output-gradient term and ``convolution_backward`` (the ordinary
+weight-gradient kernel) for the weight term. Each backward computes only the gradients that the running
+backward pass will use (``torch._C._will_engine_execute_node``, the check PyTorch's FSDP uses): the guided
+pass, which asks for input gradients only, computes no weight gradient. All operations inside are
+differentiable, so higher orders still work; the finite-difference tests in
+``tests/model/test_atcon_gradient.py`` check the result in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import Function
+
+__all__ = ["conv_forward"]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def output_padding(self) -> tuple[int, ...]:
+        return (0,) * len(self.stride)
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return torch.convolution(
+            x, weight, bias, self.stride, self.padding, self.dilation, False, self.output_padding, self.groups
+        )
+
+    def backward(
+        self, grad_out: Tensor, x: Tensor, weight: Tensor, mask: tuple[bool, bool, bool]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``aten::convolution_backward``: (input, weight, bias) gradients for the ``True`` entries of ``mask``."""
+        bias_sizes = [weight.shape[0]] if mask[2] else None
+        grads = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, bias_sizes, self.stride, self.padding, self.dilation, False,
+            self.output_padding, self.groups, list(mask),
+        )  # fmt: skip
+        return tuple(g if m else None for g, m in zip(grads, mask, strict=True))  # type: ignore[return-value]
+
+
+def _needed(ctx: Any, count: int) -> list[bool]:
+    """Which of the first ``count`` inputs of this node the running backward pass will use.
+
+    An input needs a gradient when it requires one and its node lies on the path to what the backward
+    was asked for (``autograd.grad(..., inputs)`` / ``backward(inputs=...)``); without a list of inputs,
+    every node that requires a gradient runs.
+
+    PyTorch cannot say whether a leaf's node will run during ``autograd.grad``, so the model's tensors reach
+    these nodes through an alias (:func:`_non_leaf`); a leaf that still does (a caller's ``grad_outputs``) is
+    assumed needed.
+    """
+    needed = list(ctx.needs_input_grad[:count])
+    for i, (node, _) in enumerate(ctx.next_functions[:count]):
+        if needed[i]:
+            needed[i] = node is not None and _will_run(node)
+    return needed
+
+
+def _will_run(node: Any) -> bool:
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:  # a leaf during autograd.grad
+        return True
+
+
+class _Conv(Function):
+    """``y = conv(x, W) + b`` with the backward below."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: _Geometry) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = geometry
+        return geometry.conv(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        geometry: _Geometry = ctx.geometry
+        need_x, need_w, need_b = _needed(ctx, 3)
+        grad_x = _ConvInputGrad.apply(grad_out, x.detach(), weight, geometry) if need_x else None
+        grad_w = grad_b = None
+        if need_w or need_b:
+            _, grad_w, grad_b = geometry.backward(grad_out, x, weight, (False, need_w, need_b))
+        return grad_x, grad_w, grad_b, None
+
+
+class _ConvInputGrad(Function):
+    """``gI = conv_input_grad(gO, W)`` (linear in each), differentiable with the first-order kernels."""
+
+    @staticmethod
+    def forward(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, geometry: _Geometry) -> Tensor:
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.geometry = geometry
+        grad_x, _, _ = geometry.backward(grad_out, x, weight, (True, False, False))
+        assert grad_x is not None
+        return grad_x
+
+    @staticmethod
+    def backward(ctx: Any, grad_grad_x: Tensor) -> tuple[Tensor | None, ...]:
+        grad_out, x, weight = ctx.saved_tensors
+        geometry: _Geometry = ctx.geometry
+        need_grad_out, _, need_w = _needed(ctx, 3)
+        # gI is conv's input gradient, i.e. the transpose of conv(., W) applied to gO: its adjoint in gO is
+        # conv(., W) itself, and in W it is conv's weight gradient with ggI in the input's place.
+        d_grad_out = geometry.conv(grad_grad_x, weight) if need_grad_out else None
+        d_weight = geometry.backward(grad_out, grad_grad_x, weight, (False, True, False))[1] if need_w else None
+        return d_grad_out, None, d_weight, None
+
+
+def _non_leaf(t: Tensor | None) -> Tensor | None:
+    """``t`` itself, or an alias of it with its own autograd node when ``t`` is a leaf that requires grad."""
+    return t.view_as(t) if t is not None and t.requires_grad and t.is_leaf else t
+
+
+def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv``'s forward on ``x`` with the given (possibly folded) ``weight`` and ``bias``.
+
+    Same values as ``conv._conv_forward(x, weight, bias)``; a ``Conv2d``/``Conv3d`` with explicit padding
+    (any ``padding_mode``) goes through the Functions above, anything else (string padding such as
+    ``"same"``) through PyTorch's own convolution.
+    """
+    if isinstance(conv.padding, str) or not isinstance(conv, nn.Conv2d | nn.Conv3d):
+        return conv._conv_forward(x, weight, bias)
+    padding = tuple(int(p) for p in conv.padding)
+    if conv.padding_mode != "zeros":
+        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+        padding = (0,) * len(padding)
+    geometry = _Geometry(
+        stride=tuple(int(s) for s in conv.stride),
+        padding=padding,
+        dilation=tuple(int(d) for d in conv.dilation),
+        groups=int(conv.groups),
+    )
+    return _Conv.apply(_non_leaf(x), _non_leaf(weight), _non_leaf(bias), geometry)

@@ -1,0 +1,106 @@
+"""The convolution ATCON's passes run through: PyTorch's values, first and second derivatives, and no
+gradient computed that the backward pass does not use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from model.attribution.base import resolve_layer
+from model.attribution.fused import fused_step
+from model.nets import Tiny2D, Tiny3D, default_target_layer
+from model.training import batchnorm_folding
+from model.training.atcon import ATCONLoss, foldable_pairs, unsupervised_mode
+from model.training.second_order_conv import conv_forward
+from tests.model.test_atcon_gradient import SMALL, _assert_true_gradient, _inputs, _model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONVS = [
+    nn.Conv2d(3, 4, 3, padding=1),
+    nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False),
+    nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2),
+    nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+    nn.Conv3d(3, 4, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False),
+    nn.Conv3d(3, 4, 3, padding=1, padding_mode="replicate"),
+]
+
+
+def _input_for(conv: nn.Module) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    shape = (2, conv.in_channels, 7, 7) if isinstance(conv, nn.Conv2d) else (2, conv.in_channels, 4, 7, 7)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=lambda c: repr(c))
+def test_values_and_derivatives_are_pytorchs(conv: nn.Module) -> None:
+    conv = conv.double()
+    x = _input_for(conv).requires_grad_()
+    torch.testing.assert_close(conv_forward(conv, x, conv.weight, conv.bias), conv(x), rtol=0, atol=1e-12)
+    params = [p for p in (conv.weight, conv.bias) if p is not None]
+
+    def ours(x: torch.Tensor, *p: torch.Tensor) -> torch.Tensor:
+        return conv_forward(conv, x, p[0], p[1] if len(p) > 1 else None)
+
+    # gradgradcheck compares the double backward with finite differences of the backward (float64)
+    assert torch.autograd.gradcheck(ours, (x, *params))
+    assert torch.autograd.gradgradcheck(ours, (x, *params))
+
+
+class _ConvBackwardLog(TorchDispatchMode):
+    """Records the output mask of every ``aten.convolution_backward`` call (which gradients it computed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list[tuple[bool, bool, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # torch protocol; untyped
+        if func is torch.ops.aten.convolution_backward.default:
+            self.masks.append(tuple(bool(m) for m in args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["images", "clips"])
+def test_guided_pass_computes_no_weight_gradient(kind: str) -> None:
+    """Guided Backprop needs input gradients only: under ATCON's convolutions no weight gradient is computed
+    while the maps are built, and the optimiser's backward computes each conv's weight gradient once per path
+    (input pass, masked pass, double backward of the guided pass)."""
+    net = _model(kind)
+    x = _inputs(kind)
+    layer = resolve_layer(net, default_target_layer(net))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
+    log = _ConvBackwardLog()
+    with unsupervised_mode(net, foldable_pairs(net, x)), torch.enable_grad():
+        with log:
+            maps = fused_step(net, x, layer, None, create_graph=True)
+    assert log.masks == [(True, False, False)] * len(convs)  # one input gradient per conv, nothing else
+    loss = ATCONLoss(net)(x).loss
+    with _ConvBackwardLog() as outer:
+        loss.backward(inputs=list(net.parameters()))  # as the trainer does
+    weight_grads = sum(1 for _, w, _ in outer.masks if w)
+    assert weight_grads == 3 * len(convs)
+    assert maps.guided.shape == x.shape
+
+
+@pytest.mark.parametrize("fold_ratio", [0, 10**9], ids=["output-affine", "folded-weights"])
+@pytest.mark.parametrize("kind", ["images", "clips"])
+def test_both_ways_of_applying_batchnorm_have_the_true_gradient(
+    kind: str, fold_ratio: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every frozen BatchNorm applied on the conv output (ratio 0) or folded into the weights (huge ratio)."""
+    monkeypatch.setattr(batchnorm_folding, "_FOLD_RATIO", fold_ratio)
+    net = _model(kind)
+    x = _inputs(kind)
+    loss = ATCONLoss(net)
+    plain = _model(kind)
+    reference = ATCONLoss(plain)
+    reference._fold = []  # unfolded: BatchNorm as its own op
+    torch.testing.assert_close(loss(x).loss, reference(x).loss, rtol=1e-10, atol=1e-12)
+    _assert_true_gradient(net, lambda: loss(x).loss)
+
+
+def test_tiny_nets_fold_every_batchnorm() -> None:
+    for kind, net in (("images", Tiny2D(num_classes=3, widths=SMALL)), ("clips", Tiny3D(num_classes=3, widths=SMALL))):
+        assert len(foldable_pairs(net.double().eval(), _inputs(kind))) == len(SMALL)
