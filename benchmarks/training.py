@@ -15,8 +15,13 @@ clips) it times, after a warm-up, the median of ``--repeats`` runs of
 and prints the ratio. Target (issue 9): <= 3x a supervised step on resnet18 and r3d_18 with the true
 gradient. Counted in convolutions, the ATCON step is 2 forward passes, a guided input-gradient pass,
 two full backward passes and the double backward of the guided pass, about 3x the convolutions of a
-supervised step: the target is the method's floor, reachable only once the element-wise work is gone
-(frozen BatchNorms are folded into their convolutions, ``model/training/batchnorm_folding.py``).
+supervised step: the target is the method's floor, reachable only when every convolution runs on the
+efficient first-order kernels and the element-wise work is small. Hence frozen BatchNorms folded into
+their convolutions once per loss (``model/training/batchnorm_folding.py``) and convolutions whose double
+backward is two first-order kernels computing only what is used (``model/training/second_order_conv.py``).
+
+``--double-backward`` times that last piece alone on each stage's convolution shape: PyTorch's generic
+double backward against ours, both giving ``d/dgO`` and ``d/dW`` of a convolution's input gradient.
 ``--per-sample`` also times a per-sample Python loop for comparison.
 """
 
@@ -103,6 +108,42 @@ def bench(arch: str, shape: tuple[int, ...], *, repeats: int, per_sample: bool) 
     return out
 
 
+# (C_in, C_out, input spatial size) of each stage's 3x3(x3) convolution at the CASES' inputs
+STAGES: dict[str, list[tuple[int, int, tuple[int, ...]]]] = {
+    "resnet18": [(64, 64, (28, 28)), (128, 128, (14, 14)), (256, 256, (7, 7)), (512, 512, (4, 4))],
+    "r3d_18": [(64, 64, (8, 56, 56)), (128, 128, (4, 28, 28)), (256, 256, (2, 14, 14)), (512, 512, (1, 7, 7))],
+}
+
+
+def _double_backward(conv: nn.Module, x: torch.Tensor, *, ours: bool) -> Callable[[], None]:
+    """A function running the double backward (to ``gO`` and ``W``) of ``conv``'s input gradient at ``x``."""
+    from model.training.second_order_conv import conv_forward
+
+    y = conv_forward(conv, x, conv.weight, None) if ours else conv(x)
+    grad_out = torch.randn_like(y, requires_grad=True)
+    (grad_in,) = torch.autograd.grad(y, x, grad_out, create_graph=True)
+    probe = torch.randn_like(grad_in)
+
+    def run() -> None:
+        torch.autograd.grad(grad_in, [grad_out, conv.weight], probe, retain_graph=True)
+
+    return run
+
+
+def bench_double_backward(arch: str, *, repeats: int) -> list[dict[str, float | str]]:
+    """Seconds of the double backward of one convolution per stage: PyTorch's formula vs ours."""
+    batch = CASES[arch][0]
+    rows: list[dict[str, float | str]] = []
+    for c_in, c_out, size in STAGES[arch]:
+        conv = (nn.Conv2d if len(size) == 2 else nn.Conv3d)(c_in, c_out, 3, padding=1, bias=False)
+        x = torch.randn(batch, c_in, *size, requires_grad=True)
+        fns = {"pytorch": _double_backward(conv, x, ours=False), "ours": _double_backward(conv, x, ours=True)}
+        out = _interleaved(fns, repeats)
+        shape = f"{c_in}->{c_out} @{'x'.join(map(str, size))}"
+        rows.append({"shape": shape, **out, "speedup": out["pytorch_s"] / out["ours_s"]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -110,9 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", nargs="*", default=list(CASES))
     parser.add_argument("--per-sample", action="store_true", help="also time a per-sample loop")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--double-backward", action="store_true", help="time a convolution's double backward only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {}
+    if args.double_backward:
+        print(f"{'arch':10s} {'stage conv':>24s} {'PyTorch':>9s} {'ours':>9s} {'speed-up':>8s}")
+        for arch in (a for a in args.arch if a in STAGES):
+            results[arch] = bench_double_backward(arch, repeats=args.repeats)
+            for r in results[arch]:
+                print(f"{arch:10s} {r['shape']:>24s} {r['pytorch_s'] * 1e3:7.1f}ms {r['ours_s'] * 1e3:7.1f}ms "
+                      f"{r['speedup']:7.2f}x")
+        _write(args.json, results)
+        return 0
     print(f"{'arch':10s} {'batch':>18s} {'supervised':>11s} {'ATCON':>9s} {'ratio':>6s}")
     for arch in args.arch:
         shape = CASES[arch]
@@ -123,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{arch:10s} {'x'.join(map(str, shape)):>18s} {r['supervised_s'] * 1e3:9.1f}ms "
             f"{r['atcon_s'] * 1e3:7.1f}ms {r['ratio']:5.2f}x{extra}"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    _write(args.json, results)
     return 0
+
+
+def _write(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w") as fh:
+            json.dump(results, fh, indent=2)
 
 
 if __name__ == "__main__":
