@@ -30,6 +30,14 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory, ward_video) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """A review-workspace server (tests/web/workspace.py) shared by the tests of one module."""
+    from tests.web.workspace import workspace_server
+
+    yield from workspace_server(tmp_path_factory, ward_video)
+
+
 @pytest.fixture
 def csp_violations() -> list[str]:
     """The CSP violations the browser reported during the test (events and console messages)."""

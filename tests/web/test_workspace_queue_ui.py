@@ -8,7 +8,6 @@ clinician's event's clip seeks and the player's time reaches the timeline."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
@@ -28,15 +27,9 @@ from tests.web.workspace import (
     eventually,
     filter_room,
     seed_events,
-    workspace_server,
 )
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory, ward_video) -> Iterator[SimpleNamespace]:  # type: ignore[no-untyped-def]
-    yield from workspace_server(tmp_path_factory, ward_video)
 
 
 def test_queue_filters_counts_and_paging(ws: SimpleNamespace, page: Page) -> None:

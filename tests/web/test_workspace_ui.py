@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
@@ -29,15 +28,9 @@ from tests.web.workspace import (
     filter_room,
     open_event,
     seed_events,
-    workspace_server,
 )
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory, ward_video) -> Iterator[SimpleNamespace]:  # type: ignore[no-untyped-def]
-    yield from workspace_server(tmp_path_factory, ward_video)
 
 
 def test_review_20_events_by_keyboard_only(ws: SimpleNamespace, page: Page) -> None:
