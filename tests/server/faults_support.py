@@ -61,6 +61,15 @@ def start_worker(env: dict[str, str], recording_id: int, job_id: int, log: Path)
     return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
+def start_celery_worker(env: dict[str, str], log: Path, name: str) -> subprocess.Popen[bytes]:
+    """A Celery worker as ``wardwatch worker`` runs it (solo pool, every queue) under the node name
+    ``name@<host>``: two workers on one host need names of their own (RabbitMQ gives each node's remote-control
+    queue to one connection only)."""
+    args = [sys.executable, "-m", "celery", "-A", "server.worker.tasks", "worker", "--hostname", f"{name}@%h",
+            "--queues", "inference,training,streams,webhooks", "--pool", "solo", "--loglevel", "INFO"]
+    return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
 def kill(process: subprocess.Popen[bytes]) -> None:
     """``kill -9``: no clean-up of any kind runs in the victim."""
     process.send_signal(signal.SIGKILL)
