@@ -61,7 +61,8 @@ class JobSweeper(BackgroundThread):
         try:
             depths = queue_depths(self.settings.broker_url, timeout=self.settings.broker_connect_timeout_seconds)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: try again next pass
-            log.warning("job sweeper: broker unavailable (%s); waiting jobs are checked next time", type(exc).__name__)
+            log.warning("job sweeper: cannot reach the broker (%s); waiting jobs are checked next time",
+                        type(exc).__name__)
             return 0
         with session_scope(self.factory) as session:
             decided = lost_messages(session=session, settings=self.settings, depths=depths)

@@ -28,7 +28,8 @@ BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 class Settings(BaseSettings):
     """Runtime configuration. Embedded defaults: SQLite under ``data_dir``, no broker, CPU or one GPU."""
 
-    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused value is not echoed at start-up (a broker or database URL holds a password)
+    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path("wardwatch-data"), description="recordings, media and SQLite live here")

@@ -84,6 +84,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # The worker runs the solo pool (one task at a time, `wardwatch worker`), but Celery sizes the prefetch
+        # as concurrency x multiplier with the CPU count as the default concurrency: a 2-core worker would hold a
+        # second recording, unstarted, behind the one it scores.
+        worker_concurrency=1,
         task_default_queue=INFERENCE_QUEUE,
         task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE},
                      INGEST_STREAM: {"queue": STREAMS_QUEUE}, DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},

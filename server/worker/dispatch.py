@@ -159,7 +159,7 @@ class CeleryDispatcher:
         try:
             return str(self._celery.send_task(name, args=args, queue=queue, headers=task_headers()).id)
         except (OperationalError, OSError) as exc:
-            log.warning("broker unavailable (%s): %s %s stays queued for the job sweeper", type(exc).__name__,
+            log.warning("cannot reach the broker (%s): %s %s stays queued for the job sweeper", type(exc).__name__,
                         name, args)
             return None
 

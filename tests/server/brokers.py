@@ -89,8 +89,8 @@ class PrivateRedis:
     before Redis answers (appendfsync always), so a ``kill -9`` loses nothing; otherwise a restart starts empty
     (the messages are lost, as with a broker that keeps no data)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.dir, self.port = workdir, free_port()
+    def __init__(self, workdir: Path, *, persistent: bool) -> None:
+        self.dir, self.port, self.persistent = workdir, free_port(), persistent
         self.dir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "redis.log"
@@ -99,7 +99,8 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *, persistent: bool, wait: bool = True) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        persistent = self.persistent
         if not persistent:
             for leftover in self.dir.glob("appendonly*"):  # no data survives
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -107,7 +108,11 @@ class PrivateRedis:
                 "--save", "", "--appendonly", "yes" if persistent else "no", "--appendfsync", "always"]
         self.process = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         if wait:
-            wait_until_up(self.url, self.process, self.log)
+            self.wait()
+
+    def wait(self) -> None:
+        assert self.process is not None
+        wait_until_up(self.url, self.process, self.log)
 
     def kill(self) -> None:
         """``kill -9``: nothing is flushed, nobody is told."""
