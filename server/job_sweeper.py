@@ -9,8 +9,8 @@ queued -> running), so a second hand-over of the same job finds it taken and doe
 
 In broker mode it also re-sends queued jobs whose message the broker may have lost (restarted without its data,
 or down when the job was created): at start-up and on every pass, jobs waiting for longer than
-``job_redispatch_seconds`` in a queue that holds fewer messages than such jobs (``lost_messages``). A broker
-that does not answer is left for the next pass; the API keeps answering meanwhile.
+``job_redispatch_seconds`` in a queue that held fewer messages than such jobs at this pass and the one before
+(``lost_messages``). A broker that does not answer is left for the next pass; the API keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class JobSweeper(BackgroundThread):
     def __init__(self, settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher) -> None:
         self.settings, self.factory, self.dispatcher = settings, factory, dispatcher
+        self._short: frozenset[str] = frozenset()  # queues short of messages at the last pass (lost_messages)
         super().__init__("wardwatch-job-sweeper")
 
     def recover_at_startup(self) -> None:
@@ -65,7 +66,8 @@ class JobSweeper(BackgroundThread):
                         type(exc).__name__)
             return 0
         with session_scope(self.factory) as session:
-            decided = lost_messages(session=session, settings=self.settings, depths=depths)
+            decided = lost_messages(session=session, settings=self.settings, depths=depths, short_before=self._short)
+        self._short = decided.short
         for job_id, kind, _ in decided.failed:
             log.error("job %s (%s): handed to the broker %d times and never started; failed", job_id, kind,
                       self.settings.job_max_dispatches)

@@ -95,36 +95,40 @@ NEVER_TAKEN = "never taken by a worker"
 
 @dataclass(frozen=True)
 class Redispatch:
-    """What a pass over waiting jobs decided: jobs to send again, and jobs failed after the bounded sends."""
+    """What a pass over waiting jobs decided: jobs to send again, jobs failed after the bounded sends, and the
+    queues found short of messages (the next pass acts on a queue only if it is still short)."""
 
     resend: list[Work]
     failed: list[Work]
+    short: frozenset[str]
 
 
-def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, int]) -> Redispatch:
+def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, int],
+                  short_before: frozenset[str] = frozenset()) -> Redispatch:
     """Queued jobs whose broker message may be lost, to be sent again.
 
     The broker can lose a message -- restarted without its data, a send that failed while it was down, a
     delivery that died with its worker before the job started -- and then nothing would ever start the job. A job
-    is suspect once it has waited ``job_redispatch_seconds`` since its last hand-over (or creation); suspects are
-    sent again only when their queue holds fewer messages than there are suspects (``depths``: messages ready per
-    queue, read from the broker just before), so a long backlog that the broker still holds is never doubled.
-    Whatever is sent twice is harmless: the first delivery starts the job (atomic queued -> running), the other
-    finds it taken and does nothing. Each suspect's ``dispatched_at`` is set here, before it is sent, so another
-    sweeper passes it over for an interval. A job handed over ``job_max_dispatches`` times without ever starting is
-    failed (its recording too) instead of being sent for ever: no worker takes it."""
+    is suspect once it has waited ``job_redispatch_seconds`` since its last hand-over (or creation). A queue is
+    short when it holds fewer messages (``depths``: ready messages per queue, read from the broker just before)
+    than it has suspects, so a backlog the broker still holds is never doubled. Suspects are sent again only when
+    their queue was short in the previous pass too (``short_before``): a message a worker has just taken but whose
+    job it has not started yet is missing from the count for a moment, and must not make the whole backlog go
+    again. Whatever is sent twice is harmless: the first delivery starts the job (atomic queued -> running), the
+    other finds it taken and does nothing. Each suspect's ``dispatched_at`` is set here, before it is sent, so
+    another sweeper passes it over for an interval. A job handed over ``job_max_dispatches`` times without ever
+    starting is failed (its recording too) instead of being sent for ever: no worker takes it."""
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.job_redispatch_seconds)
     by_queue: dict[str, list[Job]] = {}
     for job in waiting_jobs(session=session, handed_over_before=cutoff):
         if (queue := JOB_QUEUES.get(job.kind)) is not None:
             by_queue.setdefault(queue, []).append(job)
+    short = frozenset(queue for queue, jobs in by_queue.items() if depths.get(queue, 0) < len(jobs))
     resend: list[Work] = []
     failed: list[Work] = []
-    for queue, jobs in by_queue.items():
-        if depths.get(queue, 0) >= len(jobs):
-            continue  # every suspect may still have its message waiting there
-        for job in jobs:
+    for queue in sorted(short & short_before):
+        for job in by_queue[queue]:
             row = (job.id, job.kind, job.recording_id)
             if job.dispatch_count < settings.job_max_dispatches:
                 job.dispatched_at = now  # claimed in this transaction: another sweeper leaves it for an interval
@@ -138,4 +142,4 @@ def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, 
                 _close_recording(session, recording, job.kind, reason)
             failed.append(row)
     session.flush()
-    return Redispatch(resend=resend, failed=failed)
+    return Redispatch(resend=resend, failed=failed, short=short)
