@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
 from server.finetuning import run_finetune
@@ -158,7 +159,7 @@ class CeleryDispatcher:
     def _send_job(self, name: str, args: list[int | None], queue: str) -> str | None:
         try:
             return str(self._celery.send_task(name, args=args, queue=queue, headers=task_headers()).id)
-        except (OperationalError, OSError) as exc:
+        except (OperationalError, OSError, MessageNacked) as exc:  # unreachable, or refused (publisher confirms)
             log.warning("cannot reach the broker (%s): %s %s stays queued for the job sweeper", type(exc).__name__,
                         name, args)
             return None

@@ -133,6 +133,12 @@ def test_the_sweeper_leaves_waiting_jobs_alone_while_the_broker_is_down(factory:
     with session_scope(factory) as session:
         job = jobs.get_job(session=session, job_id=waiting)
         assert job.status == jobs.JobStatus.queued and job.dispatch_count == 1  # untouched, sent next time
+    rabbit_down = CeleryDispatcher(Settings(data_dir=tmp_path / "data", broker_url=f"amqp://guest:guest@127.0.0.1:"
+                                            f"{free_port()}//", broker_connect_timeout_seconds=1))
+    try:
+        assert rabbit_down.finetune(waiting) is None and rabbit_down.stream(1, waiting) is None
+    finally:
+        rabbit_down.shutdown()
 
 
 def test_broker_urls(tmp_path: Path) -> None:
