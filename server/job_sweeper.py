@@ -6,6 +6,11 @@ worker within a lease plus a sweep, whatever the broker's own redelivery timeout
 Redis comes back only after its visibility timeout, an hour by default). Several sweepers are harmless: rows
 are locked while they are taken (PostgreSQL), and a job is started by one worker only (an atomic
 queued -> running), so a second hand-over of the same job finds it taken and does nothing.
+
+In broker mode it also re-sends queued jobs whose message the broker may have lost (restarted without its data,
+or down when the job was created): at start-up and on every pass, jobs waiting for longer than
+``job_redispatch_seconds`` in a queue that held fewer messages than such jobs at this pass and the one before
+(``lost_messages``). A broker that does not answer is left for the next pass; the API keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.background import BackgroundThread
 from server.db.session import session_scope
-from server.services.job_recovery import Work, pending_work, recover_lost_jobs
+from server.observability.broker import queue_depths
+from server.services.job_recovery import Work, lost_messages, pending_work, recover_lost_jobs
 from server.services.jobs import JobKind, note_task_id
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 class JobSweeper(BackgroundThread):
     def __init__(self, settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher) -> None:
         self.settings, self.factory, self.dispatcher = settings, factory, dispatcher
+        self._short: frozenset[str] = frozenset()  # queues short of messages at the last pass (lost_messages)
         super().__init__("wardwatch-job-sweeper")
 
     def recover_at_startup(self) -> None:
@@ -46,6 +53,28 @@ class JobSweeper(BackgroundThread):
         self._report(done.requeued, done.failed)
         self.dispatch(done.requeued)
         return len(done.requeued)
+
+    def resend_lost(self) -> int:
+        """Broker mode: send again the queued jobs whose message may be lost; returns how many were sent. Nothing
+        happens while the broker does not answer (its queue depths are what tells a backlog from a loss)."""
+        if self.settings.embedded or not self.settings.broker_url:
+            return 0
+        try:
+            depths = queue_depths(self.settings.broker_url, timeout=self.settings.broker_connect_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: try again next pass
+            log.warning("job sweeper: cannot reach the broker (%s); waiting jobs are checked next time",
+                        type(exc).__name__)
+            return 0
+        with session_scope(self.factory) as session:
+            decided = lost_messages(session=session, settings=self.settings, depths=depths, short_before=self._short)
+        self._short = decided.short
+        for job_id, kind, _ in decided.failed:
+            log.error("job %s (%s): handed to the broker %d times and never started; failed", job_id, kind,
+                      self.settings.job_max_dispatches)
+        for job_id, kind, _ in decided.resend:
+            log.warning("job %s (%s): still queued and its queue is short of messages; sent again", job_id, kind)
+        self.dispatch(decided.resend)
+        return len(decided.resend)
 
     def dispatch(self, work: Iterable[Work]) -> None:
         """Hand each committed queued job to a worker (a job another worker already took is left alone there)."""
@@ -72,8 +101,12 @@ class JobSweeper(BackgroundThread):
             log.error("job %s (%s): its worker was lost in every attempt; failed", job_id, kind)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.job_sweep_seconds):
+        first = True  # at start-up: only the waiting jobs (recover_at_startup took back the running ones)
+        while first or not self._stop.wait(self.settings.job_sweep_seconds):
             try:
-                self.sweep_once()
+                if not first:
+                    self.sweep_once()
+                self.resend_lost()
             except Exception:  # noqa: BLE001 - the database may be away for a while; try again next time
                 log.exception("job sweep failed")
+            first = False

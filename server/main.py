@@ -34,6 +34,7 @@ from server.observability import exposition
 from server.observability.http_metrics import HttpMetricsMiddleware
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
+from server.services.upload_staging import clean_dead_uploads
 from server.services.webhook_outbox import send_after_commit
 from server.settings import Settings, get_settings
 from server.watcher import FolderWatcher
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_thread_pool_size(settings.api_threads)
+        clean_dead_uploads(settings, factory)  # what uploads of a killed process left half-way
         # Jobs of dead workers: re-queued and handed on (embedded: with everything that was waiting), before
         # serving; then every job_sweep_seconds, expired leases (see server/job_sweeper.py).
         job_sweeper = JobSweeper(settings, factory, dispatcher)

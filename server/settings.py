@@ -21,18 +21,35 @@ from server.security.secret_box import SecretBox
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "model" / "assets" / "demo_tiny3d.pt"
 DEFAULT_WEB_DIR = REPO_ROOT / "web"
+#: broker URL schemes: Redis (``rediss``: over TLS) and RabbitMQ (``amqp``/``pyamqp``; ``amqps``: over TLS)
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 
 
 class Settings(BaseSettings):
     """Runtime configuration. Embedded defaults: SQLite under ``data_dir``, no broker, CPU or one GPU."""
 
-    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused value is not echoed at start-up (a broker or database URL holds a password)
+    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path("wardwatch-data"), description="recordings, media and SQLite live here")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
-    broker_url: str | None = Field(default=None, description="Celery broker (redis://...); none = embedded")
+    broker_url: str | None = Field(
+        default=None, repr=False,
+        description="Celery broker: redis://host:6379/0 or amqp://user:password@host:5672/vhost (RabbitMQ); "
+                    "none = embedded")
     result_backend: str | None = None
+    # Broker transport settings (server/worker/app.py says why each is set as it is).
+    broker_visibility_timeout_seconds: float = Field(
+        default=12 * 3600, gt=0,
+        description="Redis: a delivered message not acknowledged within this is handed out again; longer than the "
+                    "longest task and webhook countdown (the job lease, not this, notices a dead worker)")
+    broker_heartbeat_seconds: int = Field(
+        default=0, ge=0,
+        description="RabbitMQ: AMQP heartbeat; 0 = off, because a solo-pool worker cannot answer heartbeats while "
+                    "a task runs (TCP keepalive notices a dead peer)")
+    broker_connect_timeout_seconds: float = Field(
+        default=4.0, gt=0, description="connecting to the broker (sending a task, readiness); then the call gives up")
     model_path: Path = DEFAULT_MODEL_PATH
     device: str = "auto"
     web_dir: Path = DEFAULT_WEB_DIR
@@ -108,6 +125,13 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: float = Field(default=10.0, gt=0, description="how often the owner renews it")
     job_sweep_seconds: float = Field(default=10.0, gt=0, description="how often expired leases are looked for")
     job_max_attempts: int = Field(default=3, ge=1, description="starts of a job before a lost worker fails it")
+    # Lost messages (server/services/job_recovery.py): a job queued for longer than this whose queue holds fewer
+    # messages than such jobs is sent again (a broker restarted without its data, a send while it was down).
+    job_redispatch_seconds: float = Field(
+        default=120.0, gt=0, description="a queued job waits this long after its last hand-over before it may be "
+                                         "sent again (broker mode)")
+    job_max_dispatches: int = Field(
+        default=10, ge=1, description="hand-overs of a queued job before it is failed as never taken by a worker")
 
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
     score_batch_size: int = 8
@@ -190,6 +214,18 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        """Redis or RabbitMQ (the two transports tested); a typo (``reddis://``) fails at start-up, not at the
+        first upload. The URL is never echoed: it may carry a password."""
+        if not value:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"the broker URL must start with one of {', '.join(s + '://' for s in BROKER_SCHEMES)}")
+        return value
+
     @field_validator("fhir_system_base", "fhir_label_system")
     @classmethod
     def _absolute_uri(cls, value: str | None) -> str | None:
@@ -213,6 +249,14 @@ class Settings(BaseSettings):
     def _heartbeat_within_lease(self) -> Settings:
         if self.job_heartbeat_seconds >= self.job_lease_seconds:
             raise ValueError("job_heartbeat_seconds must be shorter than job_lease_seconds (renewed before it ends)")
+        return self
+
+    @model_validator(mode="after")
+    def _visibility_beyond_countdowns(self) -> Settings:
+        """On Redis a webhook retry waits in the worker, unacknowledged, until its countdown ends; a visibility
+        timeout shorter than the longest countdown would hand it out again and again while it waits."""
+        if self.broker_visibility_timeout_seconds <= self.webhook_backoff_max_seconds:
+            raise ValueError("broker_visibility_timeout_seconds must be longer than webhook_backoff_max_seconds")
         return self
 
     @model_validator(mode="after")

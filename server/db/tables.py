@@ -207,6 +207,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
+    # Hand-overs to the broker (``note_task_id``): when the last one was and how many there were, so the sweeper
+    # re-sends a queued job whose message may be lost at most once per ``job_redispatch_seconds``, boundedly.
+    dispatched_at: Mapped[datetime | None]
+    dispatch_count: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.

@@ -24,6 +24,7 @@ from server.services.audit import record
 from server.services.jobs import JobKind, create_job, note_task_id
 from server.services.quarantine import quarantine
 from server.services.recordings import apply_probe, create_recording, find_duplicate, mark_failed
+from server.services.upload_staging import claim
 from server.services.uploads import TruncatedUploadError, check_complete_mp4
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
@@ -72,6 +73,7 @@ def register_recording(*, settings: Settings, factory: sessionmaker[Session], so
             relative = f"recordings/{recording.id}/{file.name}"
             target = settings.data_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
+            claim(file.parent, recording_id=recording.id, relative_path=relative)  # undone at start-up if we die
             file.replace(target)
             recording.path = relative
         else:

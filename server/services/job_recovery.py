@@ -6,11 +6,16 @@ fine-tune from its last epoch state, a live stream from where it stopped -- or, 
 ``job_max_attempts``, failed with "worker lost" (a recording that kills its worker every time ends instead of
 looping). At start-up a process also takes back jobs whose owner was a dead process on this host, without
 waiting for their leases to run out.
+
+A queued job can be lost too: its broker message gone with a broker restarted without its data, or never sent
+because the broker was down. :func:`lost_messages` finds those and has them sent again, boundedly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
@@ -23,13 +28,16 @@ from server.services.jobs import (
     Reclaimed,
     create_job,
     expired_jobs,
+    fail_job,
     owner_is_dead_here,
     queued_jobs,
     reclaim,
     settle_abandoned_cancels,
+    waiting_jobs,
 )
 from server.services.recordings import mark_failed
 from server.settings import Settings
+from server.worker.app import INFERENCE_QUEUE, STREAMS_QUEUE, TRAINING_QUEUE
 
 #: a job to hand to a worker: (job id, kind, recording id)
 Work = tuple[int, str, int | None]
@@ -77,3 +85,61 @@ def pending_work(*, session: Session) -> list[Work]:
         job = create_job(session=session, kind=JobKind.score, recording_id=recording.id, params={"resumed": True})
         work.append((job.id, job.kind, recording.id))
     return work
+
+
+#: the broker queue each kind of job is sent to (server.worker.dispatch)
+JOB_QUEUES: dict[str, str] = {JobKind.score: INFERENCE_QUEUE, JobKind.finetune: TRAINING_QUEUE,
+                              JobKind.stream: STREAMS_QUEUE}
+NEVER_TAKEN = "never taken by a worker"
+
+
+@dataclass(frozen=True)
+class Redispatch:
+    """What a pass over waiting jobs decided: jobs to send again, jobs failed after the bounded sends, and the
+    queues found short of messages (the next pass acts on a queue only if it is still short)."""
+
+    resend: list[Work]
+    failed: list[Work]
+    short: frozenset[str]
+
+
+def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, int],
+                  short_before: frozenset[str] = frozenset()) -> Redispatch:
+    """Queued jobs whose broker message may be lost, to be sent again.
+
+    The broker can lose a message -- restarted without its data, a send that failed while it was down, a
+    delivery that died with its worker before the job started -- and then nothing would ever start the job. A job
+    is suspect once it has waited ``job_redispatch_seconds`` since its last hand-over (or creation). A queue is
+    short when it holds fewer messages (``depths``: ready messages per queue, read from the broker just before)
+    than it has suspects, so a backlog the broker still holds is never doubled. Suspects are sent again only when
+    their queue was short in the previous pass too (``short_before``): a message a worker has just taken but whose
+    job it has not started yet is missing from the count for a moment, and must not make the whole backlog go
+    again. Whatever is sent twice is harmless: the first delivery starts the job (atomic queued -> running), the
+    other finds it taken and does nothing. Each suspect's ``dispatched_at`` is set here, before it is sent, so
+    another sweeper passes it over for an interval. A job handed over ``job_max_dispatches`` times without ever
+    starting is failed (its recording too) instead of being sent for ever: no worker takes it."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.job_redispatch_seconds)
+    by_queue: dict[str, list[Job]] = {}
+    for job in waiting_jobs(session=session, handed_over_before=cutoff):
+        if (queue := JOB_QUEUES.get(job.kind)) is not None:
+            by_queue.setdefault(queue, []).append(job)
+    short = frozenset(queue for queue, jobs in by_queue.items() if depths.get(queue, 0) < len(jobs))
+    resend: list[Work] = []
+    failed: list[Work] = []
+    for queue in sorted(short & short_before):
+        for job in by_queue[queue]:
+            row = (job.id, job.kind, job.recording_id)
+            if job.dispatch_count < settings.job_max_dispatches:
+                job.dispatched_at = now  # claimed in this transaction: another sweeper leaves it for an interval
+                resend.append(row)
+                continue
+            reason = (f"{NEVER_TAKEN}: handed to the broker {job.dispatch_count} times without starting (is a worker "
+                      f"consuming the {queue} queue?)")
+            fail_job(session=session, job_id=job.id, reason=reason)
+            recording = session.get(Recording, job.recording_id) if job.recording_id is not None else None
+            if recording is not None:
+                _close_recording(session, recording, job.kind, reason)
+            failed.append(row)
+    session.flush()
+    return Redispatch(resend=resend, failed=failed, short=short)

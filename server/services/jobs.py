@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -130,9 +130,14 @@ def create_job(*, session: Session, kind: JobKind, recording_id: int | None = No
 
 
 def note_task_id(*, session: Session, job_id: int, task_id: str | None) -> None:
-    """Remember the broker's task id of a job (not a state change: no transition)."""
+    """Remember that a job was handed to the broker: its task id, when, and how many hand-overs so far (not a
+    state change: no transition). ``task_id`` None: nothing was sent (embedded mode, or the broker was down)."""
     if task_id is not None:
-        session.execute(update(Job).where(Job.id == job_id).values(celery_id=task_id))
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(celery_id=task_id, dispatched_at=utcnow(), dispatch_count=Job.dispatch_count + 1)
+                        .execution_options(synchronize_session=False))
+        if (loaded := session.identity_map.get(session.identity_key(Job, job_id))) is not None:
+            session.expire(loaded)  # a caller holding the row reads the new values
 
 
 def start_job(*, session: Session, job_id: int, owner: str, lease_seconds: float) -> Job:
@@ -302,6 +307,17 @@ def queued_jobs(*, session: Session, kinds: tuple[JobKind, ...] | None = None) -
     query = select(Job).where(Job.status == _Q).order_by(Job.id)
     if kinds is not None:
         query = query.where(Job.kind.in_([kind.value for kind in kinds]))
+    return list(session.scalars(query))
+
+
+def waiting_jobs(*, session: Session, handed_over_before: datetime) -> list[Job]:
+    """Queued jobs last handed to a broker (or, never handed over, created) before ``handed_over_before``: those
+    whose message may be lost. Oldest first; locked on PostgreSQL (SKIP LOCKED) so two sweepers never both take
+    one in the same moment."""
+    last = func.coalesce(Job.dispatched_at, Job.created_at)
+    query = select(Job).where(Job.status == _Q, last < handed_over_before).order_by(Job.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
 
 

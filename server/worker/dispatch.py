@@ -8,6 +8,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from amqp.exceptions import MessageNacked
+from kombu.exceptions import OperationalError
+
 from server.finetuning import run_finetune
 from server.pipeline import WorkerContext, process_recording
 from server.services.webhook_delivery import attempt_delivery
@@ -22,6 +25,7 @@ from server.worker.app import (
     STREAMS_QUEUE,
     TRAINING_QUEUE,
     WEBHOOKS_QUEUE,
+    broker_kind,
     make_celery,
 )
 from server.worker.request_ids import task_headers
@@ -143,22 +147,31 @@ class EmbeddedDispatcher:
 
 
 class CeleryDispatcher:
-    """Sends task names and IDs to the broker; the API process never imports the task bodies."""
+    """Sends task names and IDs to the broker; the API process never imports the task bodies.
+
+    A job whose message cannot be sent (the broker is down) is not an error for the caller: the job is committed
+    as ``queued`` and the job sweeper sends it once the broker is back (``server.services.job_recovery``), so
+    an upload still answers 201. Such a send returns None (no task id)."""
 
     def __init__(self, settings: Settings) -> None:
         self._celery = make_celery(settings)
 
+    def _send_job(self, name: str, args: list[int | None], queue: str) -> str | None:
+        try:
+            return str(self._celery.send_task(name, args=args, queue=queue, headers=task_headers()).id)
+        except (OperationalError, OSError, MessageNacked) as exc:  # unreachable, or refused (publisher confirms)
+            log.warning("cannot reach the broker (%s): %s %s stays queued for the job sweeper", type(exc).__name__,
+                        name, args)
+            return None
+
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
-        result = self._celery.send_task(PROCESS_RECORDING, args=[recording_id, job_id], queue=INFERENCE_QUEUE,
-                                        headers=task_headers())
-        return str(result.id)
+        return self._send_job(PROCESS_RECORDING, [recording_id, job_id], INFERENCE_QUEUE)
 
     def finetune(self, job_id: int) -> str | None:
-        return str(self._celery.send_task(FINETUNE, args=[job_id], queue=TRAINING_QUEUE, headers=task_headers()).id)
+        return self._send_job(FINETUNE, [job_id], TRAINING_QUEUE)
 
     def stream(self, recording_id: int, job_id: int) -> str | None:
-        return str(self._celery.send_task(INGEST_STREAM, args=[recording_id, job_id], queue=STREAMS_QUEUE,
-                                          headers=task_headers()).id)
+        return self._send_job(INGEST_STREAM, [recording_id, job_id], STREAMS_QUEUE)
 
     def deliver_webhook(self, delivery_id: int, delay: float = 0.0) -> None:
         self._celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=delay or None,
@@ -173,5 +186,5 @@ def make_dispatcher(settings: Settings, context: WorkerContext) -> Dispatcher:
         log.info("embedded mode: tasks run inside this process")
         return EmbeddedDispatcher(context, workers=settings.embedded_workers, max_streams=settings.max_streams,
                                   webhook_workers=settings.webhook_workers)
-    log.info("broker mode: tasks go to %s", settings.broker_url)
+    log.info("broker mode: tasks go to the %s broker", broker_kind(settings.broker_url))  # the URL may hold a password
     return CeleryDispatcher(settings)

@@ -56,8 +56,23 @@ def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
+def server_url(process: subprocess.Popen[bytes]) -> str:
+    """The base URL of a server that :func:`start_server` started."""
+    args = [str(arg) for arg in process.args]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+
+
 def start_worker(env: dict[str, str], recording_id: int, job_id: int, log: Path) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-c", WORKER, str(recording_id), str(job_id)]
+    return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def start_celery_worker(env: dict[str, str], log: Path, name: str) -> subprocess.Popen[bytes]:
+    """A Celery worker as ``wardwatch worker`` runs it (solo pool, every queue) under the node name
+    ``name@<host>``: two workers on one host need names of their own (RabbitMQ gives each node's remote-control
+    queue to one connection only)."""
+    args = [sys.executable, "-m", "celery", "-A", "server.worker.tasks", "worker", "--hostname", f"{name}@%h",
+            "--queues", "inference,training,streams,webhooks", "--pool", "solo", "--loglevel", "INFO"]
     return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

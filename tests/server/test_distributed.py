@@ -1,5 +1,5 @@
 """docker-compose's layout run natively: migrate, API and a Celery worker as separate processes on the real
-PostgreSQL and Redis of this machine, sharing only the database, the broker and the data volume."""
+PostgreSQL and Redis or RabbitMQ of this machine, sharing only the database, the broker and the data volume."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import REDIS_URL, free_port
+from tests.conftest import free_port
+from tests.server.brokers import BROKERS, shared_broker
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres]
 
 ADMIN: dict[str, str] = {}  # tokens made with the CLI against the stack's database (fixture)
 CLINICIAN: dict[str, str] = {}
@@ -49,10 +49,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    with shared_broker(request.param, redis_db=9) as url:
+        yield url
+
+
 @pytest.fixture
-def stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
-    broker = f"{REDIS_URL}/9"
-    redis.Redis.from_url(broker).flushdb()
+def stack(tmp_path: Path, pg_url: str, broker: str) -> Iterator[tuple[str, Path]]:
     env = {
         **os.environ,
         "WARDWATCH_DATA_DIR": str(tmp_path / "data"),
@@ -87,7 +91,6 @@ def stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
     finally:
         _stop(api)
         _stop(worker)
-        redis.Redis.from_url(broker).flushdb()
 
 
 def test_recording_through_api_and_celery_worker(stack, ward_video) -> None:  # type: ignore[no-untyped-def]

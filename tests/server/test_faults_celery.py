@@ -1,23 +1,22 @@
-"""Two Celery workers on PostgreSQL and Redis; the one scoring a recording is killed with SIGKILL. On Redis its
-unacknowledged message would come back only after the visibility timeout (an hour); the job's lease expires
-within seconds instead, the job sweeper (the API's, run here) re-queues the job and sends it again, and the
-other worker finishes it with exactly the clips and events of a clean run."""
+"""Two Celery workers on PostgreSQL and Redis or RabbitMQ; the one scoring a recording is killed with SIGKILL. On
+Redis its unacknowledged message would come back only after the visibility timeout (hours); on RabbitMQ it comes
+back at once, to find its job still leased to the dead worker (a no-op). Either way the job's lease expires within
+seconds, the job sweeper (the API's, run here) re-queues the job and sends it again, and the other worker finishes
+it with exactly the clips and events of a clean run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from server.bootstrap import make_worker_context
 from server.job_sweeper import JobSweeper
 from server.pipeline import process_recording
 from server.settings import Settings
 from server.worker.dispatch import CeleryDispatcher
-from tests.conftest import REDIS_URL
+from tests.server.brokers import BROKERS, shared_broker
 from tests.server.faults_support import (
     clip_count,
     job_row,
@@ -26,27 +25,32 @@ from tests.server.faults_support import (
     register_copy,
     same_outcome,
     scoring_outcome,
+    start_celery_worker,
     stop,
     wait_for,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-BROKER = f"{REDIS_URL}/13"  # a database of its own: test_distributed uses /9
+pytestmark = [pytest.mark.postgres]
 
 
-def test_a_killed_celery_workers_job_goes_to_the_other_worker(pg_url: str, tmp_path: Path, ward_video) -> None:  # type: ignore[no-untyped-def]
-    redis.Redis.from_url(BROKER).flushdb()
-    settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=BROKER, device="cpu",
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    with shared_broker(request.param, redis_db=13) as url:  # Redis: a database of its own (test_distributed: /9)
+        yield url
+
+
+def test_a_killed_celery_workers_job_goes_to_the_other_worker(pg_url: str, tmp_path: Path, broker: str,
+                                                             ward_video) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=broker, device="cpu",
                         commit_every=2, score_batch_size=1, job_lease_seconds=3, job_heartbeat_seconds=1)
     ctx = make_worker_context(settings)
     factory = ctx.session_factory
     reference_id, reference_job = register_copy(settings, factory, ward_video.video, "reference.mp4")
     process_recording(ctx, reference_id, reference_job)
     reference = scoring_outcome(factory, reference_id)
-    env = process_env(settings, WARDWATCH_BROKER_URL=BROKER)
+    env = process_env(settings, WARDWATCH_BROKER_URL=broker)
     logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
-    workers = [subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=env, stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT) for log in logs]
+    workers = [start_celery_worker(env, log, f"w{n}") for n, log in enumerate(logs, 1)]
     dispatcher = CeleryDispatcher(settings)
     try:
         for log in logs:  # both consume before the task is sent
@@ -68,7 +72,6 @@ def test_a_killed_celery_workers_job_goes_to_the_other_worker(pg_url: str, tmp_p
             if worker.poll() is None:
                 stop(worker)
         dispatcher.shutdown()
-        redis.Redis.from_url(BROKER).flushdb()
     done = job_row(factory, job_id)
     assert done.status == "succeeded" and done.attempts == 2, done.error
     same_outcome(scoring_outcome(factory, victim), reference)

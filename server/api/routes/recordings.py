@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -30,6 +29,7 @@ from server.services.recordings import get_recording, list_recordings
 from server.services.streams import StreamRequest, start_stream
 from server.services.streams import stop_stream as request_stop
 from server.services.timeline import recording_timeline
+from server.services.upload_staging import new_staging_dir
 from server.services.uploads import UploadTooLargeError
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
@@ -107,7 +107,7 @@ async def upload_recording(request: Request, settings: SettingsDep, factory: Ses
         raise HTTPException(400, detail="Content-Length is not a number")
     if int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, detail=f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
-    staging = settings.data_dir / "incoming" / uuid.uuid4().hex
+    staging = new_staging_dir(settings)  # named after this process: a restart cleans it if we die mid-upload
     try:
         try:
             received = await receive_upload(request.headers.get("content-type"), request.stream(), staging,
