@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from server.finetuning import run_finetune
-from server.pipeline import WorkerContext, process_recording
+from server.pipeline import WorkerContext
 from server.services.webhook_delivery import attempt_delivery
 from server.settings import Settings
 from server.streaming import refuse_stream, run_stream
@@ -25,6 +25,7 @@ from server.worker.app import (
     make_celery,
 )
 from server.worker.request_ids import task_headers
+from server.worker.scoring import process_recording
 
 log = logging.getLogger(__name__)
 

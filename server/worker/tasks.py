@@ -6,7 +6,7 @@ from functools import cache
 
 from server.bootstrap import make_worker_context
 from server.finetuning import run_finetune
-from server.pipeline import WorkerContext, process_recording
+from server.pipeline import WorkerContext
 from server.services.webhook_delivery import attempt_delivery
 from server.services.webhook_outbox import send_after_commit
 from server.settings import get_settings
@@ -20,6 +20,7 @@ from server.worker.app import (
     celery_app,
 )
 from server.worker.request_ids import task_headers  # also connects the task_prerun/postrun hooks
+from server.worker.scoring import process_recording
 
 
 @cache

@@ -14,9 +14,9 @@ import redis
 
 from server.bootstrap import make_worker_context
 from server.job_sweeper import JobSweeper
-from server.pipeline import process_recording
 from server.settings import Settings
 from server.worker.dispatch import CeleryDispatcher
+from server.worker.scoring import process_recording
 from tests.conftest import REDIS_URL
 from tests.server.faults_support import (
     clip_count,
