@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.clips import Clip as IngestClip
@@ -22,8 +22,10 @@ from ingest.export import ExportedClip, export_review_clip
 from model.accel import InferenceOptions
 from model.events import DetectedEvent, EventRule
 from model.weights import LoadedModel
+from server.db.base import utcnow
+from server.db.idempotent import insert_new
 from server.db.session import session_scope
-from server.db.tables import Clip, Event, Explanation
+from server.db.tables import Clip, Event, EventSource, EventStatus, Explanation
 from server.frame_maps import event_clips
 from server.job_lease import JobLease
 from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
@@ -79,23 +81,28 @@ def event_rule(settings: Settings) -> EventRule:
 
 
 def committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> ScoreRun:
-    """Clips a previous, interrupted run already committed, as the start of this run (resume, not redo).
+    """The clips 0..k-1 an earlier, interrupted run already committed, as the start of this run (resume, not redo).
 
-    Clips are committed in index order, so they must be exactly 0..k-1; anything else is discarded.
+    Only the unbroken run from index 0 counts; nothing is deleted (segments of one recording commit out of order,
+    and a clip is never committed twice: its row is unique).
     """
     rows = session.scalars(
         select(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id).order_by(Clip.index)
     ).all()
-    if [row.index for row in rows] != list(range(len(rows))):
-        session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id))
-        return ScoreRun()
     run = ScoreRun()
-    for row in rows:
-        run.starts.append(row.start)
-        run.ends.append(row.end)
-        run.scores.append(np.asarray([row.scores[name] for name in loaded_names], dtype=np.float32))
-        run.timestamps.append(list(row.timestamps))
+    for position, row in enumerate(rows):
+        if row.index != position:
+            break
+        add_row(run, row, loaded_names)
     return run
+
+
+def add_row(run: ScoreRun, row: Clip, class_names: list[str]) -> None:
+    """Append a committed clip row to ``run`` (scores in ``class_names`` order)."""
+    run.starts.append(row.start)
+    run.ends.append(row.end)
+    run.scores.append(np.asarray([row.scores[name] for name in class_names], dtype=np.float32))
+    run.timestamps.append(list(row.timestamps))
 
 
 def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id: int, version_id: int,
@@ -115,17 +122,31 @@ def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id
     )
 
 
-def flush_clips(ctx: WorkerContext, pending: list[Clip], lease: JobLease | None, progress: float) -> None:
-    """Commit scored clips with the job's progress, in one transaction that also checks (and renews) the lease:
-    a worker that lost its job adds no clip."""
+#: the columns a clip row is inserted with (the id comes from the database)
+_CLIP_COLUMNS = tuple(column.key for column in Clip.__table__.columns if column.key != "id")
+
+
+def commit_clips(session: Session, pending: list[Clip]) -> set[int]:
+    """Insert the clip rows not stored yet (ON CONFLICT DO NOTHING); returns the indices that went in."""
     if not pending:
-        return
+        return set()
+    rows = [{key: getattr(clip, key) for key in _CLIP_COLUMNS} for clip in pending]
+    return set(session.scalars(insert_new(session, Clip, rows).returning(Clip.index)))
+
+
+def flush_clips(ctx: WorkerContext, pending: list[Clip], lease: JobLease | None, progress: float) -> int:
+    """Commit scored clips with the job's progress, in one transaction that also checks (and renews) the lease:
+    a worker that lost its job adds no clip, and a batch goes in whole or not at all. Clips already stored (a
+    duplicate task, an overlapping run) are skipped by their unique constraint. Returns how many went in."""
+    if not pending:
+        return 0
     with session_scope(ctx.session_factory) as session:
         if lease is not None:
             lease.renew(session, progress=progress)
-        session.add_all(pending)
-    count_clips([len(clip.frame_indices) for clip in pending])  # committed: now they count
+        inserted = commit_clips(session, pending)
+    count_clips([len(clip.frame_indices) for clip in pending if clip.index in inserted])  # committed: now they count
     pending.clear()
+    return len(inserted)
 
 
 #: renders an event's explanation media: (peak clip position in the run, positions of the clips to store
@@ -156,40 +177,60 @@ def file_media(ctx: WorkerContext, loaded: LoadedModel, video_path: Path, source
 
 def store_event(ctx: WorkerContext, session: Session, recording_id: int, version_id: int, found: DetectedEvent,
                 run: ScoreRun, class_names: list[str], started_at: datetime | None, render: RenderMedia,
-                export: ExportClip) -> Event:
-    """Insert one detected event with its explanation media (and review clip where the source is a file)."""
+                export: ExportClip) -> Event | None:
+    """Insert one detected event with its explanation media (and review clip where the source is a file), rendered
+    into the event's own folder; None (and nothing rendered) when this model version already stored it."""
+    event = insert_event(session, recording_id, version_id, found, started_at)
+    if event is None:
+        return None
     label_index = class_names.index(found.label)
-    peak_clip = max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
+    peak_clip = peak_of(found, run, label_index)
+    out_dir = ctx.settings.media_dir / "events" / str(event.id)
+    media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
+                   out_dir)
+    clip = export(found.start, found.end, out_dir / "clip.mp4") if media is not None and export is not None else None
+    attach_media(ctx, session, event, media, clip)
+    return event
+
+
+def peak_of(found: DetectedEvent, run: ScoreRun, label_index: int) -> int:
+    """The event's clip (position in ``run``) with the highest score for its label: the one explained."""
+    return max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
+
+
+def insert_event(session: Session, recording_id: int, version_id: int, found: DetectedEvent,
+                 started_at: datetime | None) -> Event | None:
+    """Insert a model event (flushed, with its id), or None where this version already flagged one of this label
+    at this start on the recording: the unique index decides (ON CONFLICT DO NOTHING), not a read before."""
 
     def wall(seconds: float) -> datetime | None:
         return started_at + timedelta(seconds=seconds) if started_at is not None else None
 
-    event = Event(
-        recording_id=recording_id, label=found.label, start=found.start, end=found.end,
-        start_wall=wall(found.start), end_wall=wall(found.end), peak_score=found.peak_score,
-        peak_time=found.peak_time, model_version_id=version_id,
-    )
-    session.add(event)
-    session.flush()
+    row = {"recording_id": recording_id, "label": found.label, "start": found.start, "end": found.end,
+           "start_wall": wall(found.start), "end_wall": wall(found.end), "peak_score": found.peak_score,
+           "peak_time": found.peak_time, "model_version_id": version_id, "source": EventSource.model,
+           "status": EventStatus.flagged, "created_at": utcnow()}
+    event_id = session.scalar(insert_new(session, Event, [row]).returning(Event.id))
+    return session.get(Event, event_id) if event_id is not None else None
+
+
+def attach_media(ctx: WorkerContext, session: Session, event: Event, media: RenderedEvent | None,
+                 clip: ExportedClip | None) -> None:
+    """Point a new event at its rendered media and review clip (files under the data directory) and queue its
+    webhooks. Without media it is stored all the same: a clinician must see the event, unexplained rather than
+    lost."""
     data_dir = ctx.settings.data_dir
-    out_dir = ctx.settings.media_dir / "events" / str(event.id)
-    media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
-                   out_dir)
-    if media is None:  # stored all the same: a clinician must see the event, unexplained rather than lost
-        queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
-        return event
-    if export is not None:
-        clip = export(found.start, found.end, out_dir / "clip.mp4")
-        event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
-    event.key_frame_time = media.key_frame_time
-    event.maps_path = str(media.maps_path.relative_to(data_dir)) if media.maps_path is not None else None
-    event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
-    for item in media.explanations:
-        session.add(Explanation(
-            event_id=event.id, method=item.method, key_frame_time=media.key_frame_time,
-            overlay_path=str(item.overlay_path.relative_to(data_dir)),
-            video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
-            agreement=item.agreement,
-        ))
+    if media is not None:
+        if clip is not None:
+            event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
+        event.key_frame_time = media.key_frame_time
+        event.maps_path = str(media.maps_path.relative_to(data_dir)) if media.maps_path is not None else None
+        event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
+        for item in media.explanations:
+            session.add(Explanation(
+                event_id=event.id, method=item.method, key_frame_time=media.key_frame_time,
+                overlay_path=str(item.overlay_path.relative_to(data_dir)),
+                video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
+                agreement=item.agreement,
+            ))
     queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
-    return event

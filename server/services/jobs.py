@@ -43,6 +43,7 @@ class JobKind(enum.StrEnum):
     score = "score"  # score one recording (upload, import, watch folder, resume)
     finetune = "finetune"  # ATCON fine-tuning into a candidate model version
     stream = "stream"  # read and score a live stream until stopped
+    segment = "segment"  # score a range of clips of a recording, a child of its score job
 
 
 _Q, _R, _S, _F, _C = JobStatus.queued, JobStatus.running, JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled

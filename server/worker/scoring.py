@@ -13,7 +13,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingest.clips import ClipSpec, IngestReport, iter_clips
@@ -21,7 +21,7 @@ from ingest.errors import IngestError
 from model.events import detect_events
 from model.weights import LoadedModel
 from server.db.session import session_scope
-from server.db.tables import Clip, Event, EventSource, Recording, RecordingStatus
+from server.db.tables import Clip, Recording, RecordingStatus
 from server.job_lease import JobLease
 from server.observability.metrics import observe_job
 from server.observability.scoring import ObservedScorer
@@ -108,10 +108,8 @@ def _process(ctx: WorkerContext, recording_id: int, lease: JobLease | None) -> N
             return
         if recording.path is None:
             raise RuntimeError(f"recording {recording_id} has no stored file")
-        # Events are written in one transaction at the end, so any found here belong to an older, complete run.
-        # A clinician's marks are not the run's to redo: they stay (they name this version for its classes only).
-        session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id,
-                                            Event.source == EventSource.model))
+        # Events are inserted with ON CONFLICT DO NOTHING: any this version stored before (an earlier run that
+        # finished) stay as they are, with their reviews; a clinician's marks are never the run's to touch.
         run = committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
         recording.status = RecordingStatus.ingesting
         recording.error = None
