@@ -7,6 +7,7 @@ The recording task itself is ``server.worker.scoring``; live streams are ``serve
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,17 +34,40 @@ from server.model_cache import ModelCache
 from server.observability.metrics import count_clips
 from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
 from server.settings import Settings
+from server.worker.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WorkerContext:
-    """What a process needs to run tasks: settings, its own database sessions, its own loaded models."""
+    """What a process needs to run tasks: settings, its own database sessions, its own loaded models, its batcher
+    (made at first use: one per process, see ``server.worker.batcher``), and how it hands a segment job to a
+    worker (set by the dispatcher or the Celery worker that runs this process's tasks; None: a recording is
+    scored in one piece by the task that starts it)."""
 
     settings: Settings
     session_factory: sessionmaker[Session]
     models: ModelCache
+    dispatch_segment: Callable[[int], object] | None = None
+    _batcher: Batcher | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def batcher(self) -> Batcher:
+        """This process's batcher (the one owner of the scoring forward pass)."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(max_batch=self.settings.score_batch_size,
+                                        max_wait=self.settings.score_batch_wait_seconds,
+                                        options=inference_options(self.settings))
+            return self._batcher
+
+    def close(self) -> None:
+        """Stop the batcher thread, if one started."""
+        with self._lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The Celery application. Queues: ``inference`` (scoring), ``training`` (fine-tuning), ``streams`` (live
-streams) and ``webhooks`` (one delivery attempt per message: short, network-bound).
+"""The Celery application. Queues: ``inference`` (scoring: recordings and their segments), ``training``
+(fine-tuning), ``streams`` (live streams) and ``webhooks`` (one delivery attempt per message: short,
+network-bound).
 
 The broker only carries record IDs; the database is the source of truth for job state. Tasks are acknowledged
 late so a worker that dies mid-task leaves the message for another worker.
@@ -12,6 +13,7 @@ from celery import Celery
 from server.settings import Settings, get_settings
 
 PROCESS_RECORDING = "wardwatch.process_recording"
+SCORE_SEGMENT = "wardwatch.score_segment"
 FINETUNE = "wardwatch.finetune"
 INGEST_STREAM = "wardwatch.ingest_stream"
 DELIVER_WEBHOOK = "wardwatch.deliver_webhook"
@@ -30,7 +32,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE},
+        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, SCORE_SEGMENT: {"queue": INFERENCE_QUEUE},
+                     FINETUNE: {"queue": TRAINING_QUEUE},
                      INGEST_STREAM: {"queue": STREAMS_QUEUE}, DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
