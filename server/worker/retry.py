@@ -88,6 +88,7 @@ def give_up(factory: sessionmaker[Session], job_id: int | None, reason: str, ret
         if job is None or job.status not in LIVE:
             return
         fail_job(session=session, job_id=job_id, reason=message)
+        close_children(session=session, parent_id=job_id)
         parent = session.get(Job, job.parent_id) if job.parent_id is not None else None
         if parent is not None and parent.status in LIVE:
             fail_job(session=session, job_id=parent.id, reason=f"segment {job.segment}: {message}")

@@ -81,7 +81,11 @@ def process_recording(ctx: WorkerContext, recording_id: int, job_id: int | None 
             return
         except IllegalTransition as exc:  # taken, finished -- or waiting on its segments
             log.info("recording %s: %s", recording_id, exc)
-            _send_queued_segments(ctx, job_id)
+            try:
+                _send_queued_segments(ctx, job_id)
+            except Exception as send_error:  # the broker is away: try again later, fail the job if it stays away
+                _raise_retry_if_transient(send_error, job_id)
+                raise
             return
         except Exception as exc:
             _raise_retry_if_transient(exc, job_id)
@@ -272,7 +276,7 @@ def _score_segment_job(ctx: WorkerContext, segment_job_id: int, parent_id: int, 
     with session_scope(ctx.session_factory) as session:
         succeed_job(session=session, job_id=segment_job_id, owner=lease.owner,
                     result={"clips": committed_count(session, target.recording_id, target.version_id, segment),
-                            "errors": errors})
+                            "errors": errors, "worker": lease.owner.rsplit(":", 1)[0]})  # host:pid
 
 
 def _raise_retry_if_transient(exc: Exception, job_id: int | None) -> None:
