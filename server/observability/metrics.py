@@ -58,13 +58,14 @@ def observe_batch(*, recordings: int, waited: float) -> None:
 @contextmanager
 def observe_job(kind: str) -> Iterator[dict[str, str]]:
     """Time a job; the block may set ``outcome`` in the yielded dict (default ``succeeded``; ``error`` if the
-    block raises)."""
+    block raises without having set one, e.g. ``retry`` before raising for a retry)."""
     started = time.monotonic()
     state = {"outcome": "succeeded"}
     try:
         yield state
     except BaseException:
-        state["outcome"] = "error"
+        if state["outcome"] == "succeeded":
+            state["outcome"] = "error"
         raise
     finally:
         JOB_DURATION.labels(kind=kind, outcome=state["outcome"]).observe(time.monotonic() - started)

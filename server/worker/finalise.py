@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ingest.export import ExportedClip
 from model.events import DetectedEvent, detect_events
@@ -41,6 +42,7 @@ from server.services.jobs import (
     wait_for_children,
 )
 from server.services.recordings import mark_failed
+from server.settings import Settings
 from server.worker.retry import RetryLater, is_transient
 from server.worker.segments import committed_run, load_target
 
@@ -144,14 +146,24 @@ def _move(staged: Path, final: Path, media: RenderedEvent | None, clip: Exported
     return media, clip
 
 
-def finalise_when_done(ctx: WorkerContext, parent_id: int) -> None:
-    """After a segment ended: if no segment of the recording is live any more, take the scoring job's lease
-    (exactly one caller gets it) and finalise. A transient error hands the job back to wait (the caller's retry,
-    or the sweeper, comes back to it); any other failure fails the recording."""
+def claim_finalisation(session: Session, parent_id: int, settings: Settings) -> str | None:
+    """Take the lease of a scoring job that waits on segments none of which is live any more: the new owner, or
+    None (a segment is still live, or another task took it). Call it in the transaction that ends a segment, so
+    the job is never without both a live segment and an owner, and again after it commits: two segments ending
+    at once may each see the other still running, but the one that commits last sees both ended."""
     owner = new_owner()
+    session.flush()
+    claimed = claim_waiting(session=session, job_id=parent_id, owner=owner, lease_seconds=settings.job_lease_seconds)
+    return owner if claimed else None
+
+
+def finalise_when_done(ctx: WorkerContext, parent_id: int, owner: str | None = None) -> None:
+    """After a segment ended: finalise its recording if this task holds (``owner``, claimed with the segment's end)
+    or can now take the scoring job's lease -- exactly one task does. A transient error hands the job back to
+    wait (the caller's retry, or the sweeper, comes back to it); any other failure fails the recording."""
     with session_scope(ctx.session_factory) as session:
-        if not claim_waiting(session=session, job_id=parent_id, owner=owner,
-                             lease_seconds=ctx.settings.job_lease_seconds):
+        owner = owner or claim_finalisation(session, parent_id, ctx.settings)
+        if owner is None:
             return
         parent = session.get(Job, parent_id)
         assert parent is not None

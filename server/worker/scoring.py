@@ -48,7 +48,7 @@ from server.services.jobs import (
     wait_for_children,
 )
 from server.services.models import get_active_model
-from server.worker.finalise import fail_recording, finalise, finalise_when_done
+from server.worker.finalise import claim_finalisation, fail_recording, finalise, finalise_when_done
 from server.worker.retry import RetryLater, is_transient
 from server.worker.segments import (
     ParentClosed,
@@ -123,16 +123,17 @@ def run_segment(ctx: WorkerContext, segment_job_id: int) -> None:
         raise
     assert parent_id is not None and recording_id is not None
     lease = JobLease(ctx.session_factory, ctx.settings, segment_job_id, owner)
+    finaliser: list[str | None] = []  # the scoring job's new owner, when this segment's end claimed it
     with observe_job("segment") as metrics:
         done = _guarded(ctx, recording_id, segment_job_id, owner, lease, metrics,
-                        lambda: _score_segment_job(ctx, segment_job_id, parent_id, lease))
+                        lambda: finaliser.append(_score_segment_job(ctx, segment_job_id, parent_id, lease)))
     if done:
-        _finalise_guarded(ctx, parent_id, segment_job_id)
+        _finalise_guarded(ctx, parent_id, segment_job_id, finaliser[0] if finaliser else None)
 
 
-def _finalise_guarded(ctx: WorkerContext, parent_id: int, segment_job_id: int) -> None:
+def _finalise_guarded(ctx: WorkerContext, parent_id: int, segment_job_id: int, owner: str | None = None) -> None:
     try:
-        finalise_when_done(ctx, parent_id)
+        finalise_when_done(ctx, parent_id, owner)
     except RetryLater as exc:  # retried as this segment's task, which is done, so the retry finalises
         raise RetryLater(segment_job_id, exc.__cause__ or exc) from exc
     except Exception as exc:  # the claim itself met the database away: nothing is ours yet
@@ -261,7 +262,9 @@ def _send(ctx: WorkerContext, segment_job_ids: list[int]) -> None:
         ctx.dispatch_segment(segment_job_id)
 
 
-def _score_segment_job(ctx: WorkerContext, segment_job_id: int, parent_id: int, lease: JobLease) -> None:
+def _score_segment_job(ctx: WorkerContext, segment_job_id: int, parent_id: int, lease: JobLease) -> str | None:
+    """Score the segment and close it; in the same transaction, claim the recording's finalisation if this was the
+    last live segment (returns the claim's owner)."""
     with session_scope(ctx.session_factory) as session:
         job = get_job(session=session, job_id=segment_job_id)
         parent = get_job(session=session, job_id=parent_id)
@@ -277,6 +280,7 @@ def _score_segment_job(ctx: WorkerContext, segment_job_id: int, parent_id: int, 
         succeed_job(session=session, job_id=segment_job_id, owner=lease.owner,
                     result={"clips": committed_count(session, target.recording_id, target.version_id, segment),
                             "errors": errors, "worker": lease.owner.rsplit(":", 1)[0]})  # host:pid
+        return claim_finalisation(session, parent_id, ctx.settings)
 
 
 def _raise_retry_if_transient(exc: Exception, job_id: int | None) -> None:

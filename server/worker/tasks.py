@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -29,10 +30,19 @@ from server.worker.request_ids import task_headers  # also connects the task_pre
 from server.worker.retry import RetryLater, give_up, retry_delay
 from server.worker.scoring import process_recording, run_segment
 
+_CONTEXT_LOCK = threading.Lock()
+
 
 @cache
 def _context() -> WorkerContext:
-    # Built lazily inside the worker process: its own engine and its own loaded model (STYLE.md #10).
+    # Built lazily inside the worker process: its own engine and its own loaded model (STYLE.md #10); once, also
+    # when the first tasks of a thread pool arrive together.
+    with _CONTEXT_LOCK:
+        return _make_context()
+
+
+@cache
+def _make_context() -> WorkerContext:
     context = make_worker_context(get_settings())
     # Events this worker stores queue webhook deliveries: hand them to the webhooks queue once committed.
     send_after_commit(context.session_factory, _queue_delivery)
