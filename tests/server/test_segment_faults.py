@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 
 from server.bootstrap import make_worker_context
 from server.db.session import session_scope
-from server.db.tables import Clip, JobStatus, Recording, RecordingStatus
+from server.db.tables import Clip, Job, JobStatus, Recording, RecordingStatus
 from server.job_sweeper import JobSweeper
 from server.services import jobs
 from server.services.job_recovery import recover_lost_jobs
 from server.settings import Settings
 from server.worker.dispatch import EmbeddedDispatcher
-from server.worker.scoring import process_recording
+from server.worker.scoring import process_recording, run_segment
 from tests.server.faults_support import kill, process_env, register_copy, wait_for
 from tests.server.segments_support import assert_same_outcome, jobs_of, outcome
 
@@ -83,6 +83,47 @@ def test_a_killed_workers_segment_is_handed_on(db_url: str, tmp_path: Path, ward
     assert done[second.id].status == JobStatus.succeeded and done[second.id].attempts == 2
     assert done[handed_out[0]].status == JobStatus.succeeded and done[handed_out[0]].attempts == 1
     assert_same_outcome(outcome(factory, victim), reference)
+
+
+def test_a_finaliser_killed_mid_media_is_replaced_and_the_events_are_stored_once(db_url: str, tmp_path: Path,
+                                                                                ward_video) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(db_url, tmp_path)
+    ctx = make_worker_context(settings)
+    factory = ctx.session_factory
+    reference_id, reference_job = register_copy(settings, factory, ward_video.video, "reference.mp4")
+    process_recording(ctx, reference_id, reference_job)
+    reference = outcome(factory, reference_id)
+    assert reference.events
+
+    handed_out: list[int] = []
+    ctx.dispatch_segment = handed_out.append
+    victim, job_id = register_copy(settings, factory, ward_video.video, "victim.mp4")
+    process_recording(ctx, victim, job_id)
+    run_segment(ctx, handed_out[0])
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-c", SEGMENT_WORKER, str(handed_out[1])], env=process_env(settings),
+                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    # the last segment's worker takes the scoring job's lease to finalise: kill it while it renders the media
+    wait_for(lambda: _held_by(factory, job_id, worker.pid), timeout=180, process=worker, log=log)
+    kill(worker)
+    assert outcome(factory, victim).events == []  # nothing of the finalisation was committed
+
+    dispatcher = EmbeddedDispatcher(make_worker_context(settings))
+    sweeper = JobSweeper(settings, factory, dispatcher)
+    try:
+        wait_for(sweeper.sweep_once, timeout=60, interval=0.2)  # the lease ran out, no segment live: re-queued
+        dispatcher.wait(timeout=300)
+    finally:
+        dispatcher.shutdown()
+    parent = jobs_of(factory, victim)[0]
+    assert parent.status == JobStatus.succeeded and parent.attempts == 2
+    assert_same_outcome(outcome(factory, victim), reference)
+
+
+def _held_by(factory, job_id: int, pid: int) -> bool:  # type: ignore[no-untyped-def]
+    with session_scope(factory) as session:
+        owner = session.get(Job, job_id).lease_owner
+    return owner is not None and owner.split(":")[1] == str(pid)
 
 
 def test_a_segment_that_loses_its_worker_every_time_fails_its_recording(db_url: str, tmp_path: Path,
