@@ -113,8 +113,12 @@ def run_segment(ctx: WorkerContext, segment_job_id: int) -> None:
     except IllegalTransition as exc:
         log.info("segment job %s: %s", segment_job_id, exc)
         if exc.status == JobStatus.succeeded:
-            with session_scope(ctx.session_factory) as session:
-                parent_id = get_job(session=session, job_id=segment_job_id).parent_id
+            try:
+                with session_scope(ctx.session_factory) as session:
+                    parent_id = get_job(session=session, job_id=segment_job_id).parent_id
+            except Exception as read_error:
+                _raise_retry_if_transient(read_error, segment_job_id)
+                raise
             if parent_id is not None:
                 _finalise_guarded(ctx, parent_id, segment_job_id)
         return
