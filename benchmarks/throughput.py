@@ -12,7 +12,7 @@ All figures come from one run, so the machine's load affects them alike:
    as clips/s and as ratios to the bare forward (target >= 0.90 for the scorer); each is the best of
    ``--rounds`` interleaved repetitions, because the machine's other load comes and goes.
 2. **Embedded pipeline** with 1 and 2 worker processes: each process is a real worker context
-   (``server.bootstrap.make_worker_context``) running ``server.pipeline.process_recording`` on its own
+   (``server.bootstrap.make_worker_context``) running ``server.worker.scoring.process_recording`` on its own
    synthetic recording against one SQLite database (decode, score, commit every ``commit_every`` clips,
    event detection, explanation media and review clips of the events found). Clips/s = clips committed by
    all processes / wall time from the common start (a barrier after model loading) to the last finish; the
@@ -107,11 +107,11 @@ def _time_scoring_stage(pipeline) -> list[float]:  # type: ignore[no-untyped-def
 
 
 def _worker(data_dir: str, batch: int, recording_id: int, job_id: int, barrier, results) -> None:  # type: ignore[no-untyped-def]
-    from server import pipeline
     from server.bootstrap import make_worker_context
     from server.db.session import session_scope
     from server.db.tables import Recording
     from server.services.models import get_active_model
+    from server.worker import scoring as pipeline
 
     settings = _settings(Path(data_dir), batch).model_copy(update={"auto_migrate": False})
     ctx = make_worker_context(settings)

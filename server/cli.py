@@ -153,14 +153,28 @@ def _serve_processes(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from server.settings import Settings
     from server.worker.tasks import celery_app
 
     if not os.environ.get("WARDWATCH_BROKER_URL"):
         print("error: set WARDWATCH_BROKER_URL (e.g. redis://localhost:6379/0) to run a separate worker",
               file=sys.stderr)
         return 2
-    celery_app.worker_main(["worker", "--queues", args.queues, "--pool", "solo", "--loglevel", args.loglevel])
+    if args.concurrency is not None and args.concurrency < 1:
+        print("error: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    celery_app.worker_main(worker_argv(args, Settings()))
     return 0
+
+
+def worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """Celery's worker arguments. Tasks run in threads (``--concurrency`` of them, all sharing the process's one
+    model and batcher; 1: the solo pool). The node name carries the process id, so two workers on one host never
+    register as the same node (Celery's default, ``celery@host``, would make them one to its control commands)."""
+    concurrency = args.concurrency or settings.worker_concurrency
+    pool = ["--pool", "threads", "--concurrency", str(concurrency)] if concurrency > 1 else ["--pool", "solo"]
+    name = args.name or f"wardwatch-{os.getpid()}@%h"
+    return ["worker", "--queues", args.queues, *pool, "--hostname", name, "--loglevel", args.loglevel]
 
 
 EXPERIMENTS = ("atcon",)
@@ -249,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Celery worker (needs WARDWATCH_BROKER_URL)")
     p.add_argument("--queues", default="inference,training,streams,webhooks")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="tasks run at once in threads sharing one model (default WARDWATCH_WORKER_CONCURRENCY)")
+    p.add_argument("--name", default=None, help="Celery node name (default wardwatch-<pid>@<host>)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 

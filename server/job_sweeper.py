@@ -81,6 +81,8 @@ class JobSweeper(BackgroundThread):
         for job_id, kind, recording_id in work:
             if kind == JobKind.score and recording_id is not None:
                 task_id = self.dispatcher.process_recording(recording_id, job_id)
+            elif kind == JobKind.segment:
+                task_id = self.dispatcher.score_segment(job_id)
             elif kind == JobKind.finetune:
                 task_id = self.dispatcher.finetune(job_id)
             elif kind == JobKind.stream and recording_id is not None:

@@ -1,61 +1,73 @@
-"""Score one recording: clips -> classifier -> clip rows -> events -> explanation media.
+"""What scoring a recording and reading a live stream share: the worker context, the clip spec and event rule
+from the settings, and the commit paths of clip rows and events with their explanation media.
 
-This is the body of the ``wardwatch.process_recording`` task. It runs the same way inside the embedded server
-(thread pool) and inside a Celery worker. It is idempotent: a recording already scored by the active model is
-left alone, and a run that died midway is redone from a clean slate for that model version.
+The recording task itself is ``server.worker.scoring``; live streams are ``server.streaming``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.clips import Clip as IngestClip
-from ingest.clips import ClipSpec, IngestReport, iter_clips
-from ingest.errors import IngestError
+from ingest.clips import ClipSpec
 from ingest.export import ExportedClip, export_review_clip
 from model.accel import InferenceOptions
-from model.events import DetectedEvent, EventRule, detect_events
+from model.events import DetectedEvent, EventRule
 from model.weights import LoadedModel
+from server.db.base import utcnow
+from server.db.idempotent import insert_new
 from server.db.session import session_scope
-from server.db.tables import (
-    Clip,
-    Event,
-    EventSource,
-    Explanation,
-    Recording,
-    RecordingStatus,
-)
+from server.db.tables import Clip, Event, EventSource, EventStatus, Explanation
 from server.frame_maps import event_clips
 from server.job_lease import JobLease
 from server.media import MAX_OVERLAY_SIDE, RenderedEvent, render_event_media
 from server.model_cache import ModelCache
-from server.observability.metrics import count_clips, observe_job
-from server.observability.scoring import ObservedScorer
-from server.services.jobs import IllegalTransition, LeaseLost, fail_job, new_owner, start_job, succeed_job
-from server.services.models import get_active_model
-from server.services.recordings import mark_failed
+from server.observability.metrics import count_clips
 from server.services.webhook_outbox import WebhookEventType, queue_event_webhooks
 from server.settings import Settings
+from server.worker.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WorkerContext:
-    """What a process needs to run tasks: settings, its own database sessions, its own loaded models."""
+    """What a process needs to run tasks: settings, its own database sessions, its own loaded models, its batcher
+    (made at first use: one per process, see ``server.worker.batcher``), and how it hands a segment job to a
+    worker (set by the dispatcher or the Celery worker that runs this process's tasks; None: a recording is
+    scored in one piece by the task that starts it)."""
 
     settings: Settings
     session_factory: sessionmaker[Session]
     models: ModelCache
+    dispatch_segment: Callable[[int], object] | None = None
+    _batcher: Batcher | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def batcher(self) -> Batcher:
+        """This process's batcher (the one owner of the scoring forward pass)."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(max_batch=self.settings.score_batch_size,
+                                        max_wait=self.settings.score_batch_wait_seconds,
+                                        options=inference_options(self.settings))
+            return self._batcher
+
+    def close(self) -> None:
+        """Stop the batcher thread, if one started."""
+        with self._lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
 
 
 @dataclass
@@ -92,147 +104,29 @@ def event_rule(settings: Settings) -> EventRule:
     )
 
 
-def process_recording(ctx: WorkerContext, recording_id: int, job_id: int | None = None) -> None:
-    """Score ``recording_id`` with the active model; on any failure mark it (and its job) failed with the reason.
-
-    With a job: the job is started first (queued -> running, with a lease kept by a heartbeat thread); a job
-    that is not queued (finished, or running under another worker) is left alone, so a duplicate message or a
-    re-queue race does nothing. If the lease is lost midway, this run stops without writing anything more.
-    """
-    owner = new_owner()
-    if job_id is not None:
-        try:
-            with session_scope(ctx.session_factory) as session:
-                start_job(session=session, job_id=job_id, owner=owner, lease_seconds=ctx.settings.job_lease_seconds)
-        except (IllegalTransition, LookupError) as exc:  # taken, finished, or no such job
-            log.info("recording %s: %s; nothing to do", recording_id, exc)
-            return
-    lease = JobLease(ctx.session_factory, ctx.settings, job_id, owner) if job_id is not None else None
-    with observe_job("score") as job_metrics:
-        _run_scoring(ctx, recording_id, job_id, owner, lease, job_metrics)
-
-
-def _run_scoring(ctx: WorkerContext, recording_id: int, job_id: int | None, owner: str, lease: JobLease | None,
-                 job_metrics: dict[str, str]) -> None:
-    """Score under the lease; a failure lands on the recording and its job (a lost lease writes nothing)."""
-    try:
-        if lease is None:
-            _process(ctx, recording_id, None)
-        else:
-            with lease:
-                _process(ctx, recording_id, lease)
-    except LeaseLost as exc:
-        job_metrics["outcome"] = "lease_lost"
-        log.warning("recording %s: %s; another worker carries on", recording_id, exc)
-    except Exception as exc:  # noqa: BLE001 - every failure must land on the recording, not vanish in a thread
-        job_metrics["outcome"] = "failed"
-        reason = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
-        log.exception("recording %s failed", recording_id)
-        try:
-            with session_scope(ctx.session_factory) as session:
-                if job_id is not None:
-                    fail_job(session=session, job_id=job_id, reason=reason, owner=owner)
-                recording = session.get(Recording, recording_id)
-                if recording is not None:
-                    mark_failed(recording=recording, reason=reason)
-        except LeaseLost:
-            log.warning("recording %s: lease lost before its failure could be written", recording_id)
-
-
-def _process(ctx: WorkerContext, recording_id: int, lease: JobLease | None) -> None:
-    with session_scope(ctx.session_factory) as session:
-        recording = session.get(Recording, recording_id)
-        if recording is None:
-            raise LookupError(f"recording {recording_id} not found")
-        version = get_active_model(session=session)
-        if version is None:
-            raise RuntimeError("no active model version: register one with `wardwatch db upgrade` + server start")
-        already = session.scalar(
-            select(Clip.id).where(Clip.recording_id == recording_id, Clip.model_version_id == version.id).limit(1)
-        )
-        if recording.status == RecordingStatus.scored and already is not None:
-            log.info("recording %s already scored by model %s", recording_id, version.id)
-            _succeed(session, lease, {"skipped": "already scored"})
-            return
-        if recording.path is None:
-            raise RuntimeError(f"recording {recording_id} has no stored file")
-        # Events are written in one transaction at the end, so any found here belong to an older, complete run.
-        # A clinician's marks are not the run's to redo: they stay (they name this version for its classes only).
-        session.execute(delete(Event).where(Event.recording_id == recording_id, Event.model_version_id == version.id,
-                                            Event.source == EventSource.model))
-        run = committed_clips(session, recording_id, version.id, loaded_names=list(version.class_names))
-        recording.status = RecordingStatus.ingesting
-        recording.error = None
-        video_path = ctx.settings.data_dir / recording.path
-        started_at = recording.started_at
-        duration = recording.duration or 0.0
-        source_size = (recording.width or 320, recording.height or 240)
-        version_id = version.id
-        loaded = ctx.models.get(version)
-
-    spec = clip_spec_for(loaded, ctx.settings)
-    report = IngestReport()
-    if run.starts:
-        log.info("recording %s: resuming after %d committed clips", recording_id, len(run.starts))
-    _score_clips(ctx, recording_id, version_id, lease, video_path, spec, started_at, duration, loaded, report, run)
-    detected = detect_events(run.starts, run.ends, np.stack(run.scores) if run.scores else
-                             np.zeros((0, len(loaded.class_names))), loaded.class_names, event_rule(ctx.settings))
-    render, export = file_media(ctx, loaded, video_path, source_size, run)
-    with session_scope(ctx.session_factory) as session:
-        if lease is not None:
-            lease.renew(session)  # still ours: a run that lost its lease must not store the events twice
-        for found in detected:
-            store_event(ctx, session, recording_id, version_id, found, run, list(loaded.class_names), started_at,
-                        render, export)
-        recording = session.get(Recording, recording_id)
-        assert recording is not None
-        recording.status = RecordingStatus.scored
-        recording.clip_count = len(run.starts)
-        recording.warnings = list(report.errors)
-        if not run.starts:
-            mark_failed(recording=recording, reason="no complete clip could be decoded from this video"
-                        + (f" ({report.errors[0]})" if report.errors else ""))
-            if lease is not None:
-                fail_job(session=session, job_id=lease.job_id, reason=recording.error or "", owner=lease.owner)
-            return
-        _succeed(session, lease, {"clips": len(run.starts), "events": len(detected), "errors": report.errors})
-    log.info("recording %s scored: %d clips, %d events", recording_id, len(run.starts), len(detected))
-
-
 def committed_clips(session: Session, recording_id: int, version_id: int, loaded_names: list[str]) -> ScoreRun:
-    """Clips a previous, interrupted run already committed, as the start of this run (resume, not redo).
+    """The clips 0..k-1 an earlier, interrupted run already committed, as the start of this run (resume, not redo).
 
-    Clips are committed in index order, so they must be exactly 0..k-1; anything else is discarded.
+    Only the unbroken run from index 0 counts; nothing is deleted (segments of one recording commit out of order,
+    and a clip is never committed twice: its row is unique).
     """
     rows = session.scalars(
         select(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id).order_by(Clip.index)
     ).all()
-    if [row.index for row in rows] != list(range(len(rows))):
-        session.execute(delete(Clip).where(Clip.recording_id == recording_id, Clip.model_version_id == version_id))
-        return ScoreRun()
     run = ScoreRun()
-    for row in rows:
-        run.starts.append(row.start)
-        run.ends.append(row.end)
-        run.scores.append(np.asarray([row.scores[name] for name in loaded_names], dtype=np.float32))
-        run.timestamps.append(list(row.timestamps))
+    for position, row in enumerate(rows):
+        if row.index != position:
+            break
+        add_row(run, row, loaded_names)
     return run
 
 
-def _score_clips(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobLease | None, video_path: Path,
-                 spec: ClipSpec, started_at, duration: float, loaded: LoadedModel,  # type: ignore[no-untyped-def]
-                 report: IngestReport, run: ScoreRun) -> None:
-    """Score clips from ``len(run.starts)`` on, committing every ``commit_every`` clips; extends ``run``."""
-    scorer = ObservedScorer(loaded, batch_size=ctx.settings.score_batch_size, options=inference_options(ctx.settings))
-    expected = max(1.0, duration / spec.stride_seconds)
-    pending: list[Clip] = []
-    clips = iter_clips(video_path, spec, started_at=started_at, report=report, start_index=len(run.starts))
-    with closing(scorer.score(clips)) as scored:  # a failed commit stops the decode thread at once
-        for clip, probs in scored:
-            pending.append(record_clip(run, clip, probs, recording_id, version_id, loaded.class_names))
-            if len(pending) >= ctx.settings.commit_every:
-                flush_clips(ctx, pending, lease, min(0.95, len(run.starts) / expected))
-    flush_clips(ctx, pending, lease, 0.95)
+def add_row(run: ScoreRun, row: Clip, class_names: list[str]) -> None:
+    """Append a committed clip row to ``run`` (scores in ``class_names`` order)."""
+    run.starts.append(row.start)
+    run.ends.append(row.end)
+    run.scores.append(np.asarray([row.scores[name] for name in class_names], dtype=np.float32))
+    run.timestamps.append(list(row.timestamps))
 
 
 def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id: int, version_id: int,
@@ -252,17 +146,31 @@ def record_clip(run: ScoreRun, clip: IngestClip, probs: np.ndarray, recording_id
     )
 
 
-def flush_clips(ctx: WorkerContext, pending: list[Clip], lease: JobLease | None, progress: float) -> None:
-    """Commit scored clips with the job's progress, in one transaction that also checks (and renews) the lease:
-    a worker that lost its job adds no clip."""
+#: the columns a clip row is inserted with (the id comes from the database)
+_CLIP_COLUMNS = tuple(column.key for column in Clip.__table__.columns if column.key != "id")
+
+
+def commit_clips(session: Session, pending: list[Clip]) -> set[int]:
+    """Insert the clip rows not stored yet (ON CONFLICT DO NOTHING); returns the indices that went in."""
     if not pending:
-        return
+        return set()
+    rows = [{key: getattr(clip, key) for key in _CLIP_COLUMNS} for clip in pending]
+    return set(session.scalars(insert_new(session, Clip, rows).returning(Clip.index)))
+
+
+def flush_clips(ctx: WorkerContext, pending: list[Clip], lease: JobLease | None, progress: float) -> int:
+    """Commit scored clips with the job's progress, in one transaction that also checks (and renews) the lease:
+    a worker that lost its job adds no clip, and a batch goes in whole or not at all. Clips already stored (a
+    duplicate task, an overlapping run) are skipped by their unique constraint. Returns how many went in."""
+    if not pending:
+        return 0
     with session_scope(ctx.session_factory) as session:
         if lease is not None:
             lease.renew(session, progress=progress)
-        session.add_all(pending)
-    count_clips([len(clip.frame_indices) for clip in pending])  # committed: now they count
+        inserted = commit_clips(session, pending)
+    count_clips([len(clip.frame_indices) for clip in pending if clip.index in inserted])  # committed: now they count
     pending.clear()
+    return len(inserted)
 
 
 #: renders an event's explanation media: (peak clip position in the run, positions of the clips to store
@@ -293,45 +201,60 @@ def file_media(ctx: WorkerContext, loaded: LoadedModel, video_path: Path, source
 
 def store_event(ctx: WorkerContext, session: Session, recording_id: int, version_id: int, found: DetectedEvent,
                 run: ScoreRun, class_names: list[str], started_at: datetime | None, render: RenderMedia,
-                export: ExportClip) -> Event:
-    """Insert one detected event with its explanation media (and review clip where the source is a file)."""
+                export: ExportClip) -> Event | None:
+    """Insert one detected event with its explanation media (and review clip where the source is a file), rendered
+    into the event's own folder; None (and nothing rendered) when this model version already stored it."""
+    event = insert_event(session, recording_id, version_id, found, started_at)
+    if event is None:
+        return None
     label_index = class_names.index(found.label)
-    peak_clip = max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
+    peak_clip = peak_of(found, run, label_index)
+    out_dir = ctx.settings.media_dir / "events" / str(event.id)
+    media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
+                   out_dir)
+    clip = export(found.start, found.end, out_dir / "clip.mp4") if media is not None and export is not None else None
+    attach_media(ctx, session, event, media, clip)
+    return event
+
+
+def peak_of(found: DetectedEvent, run: ScoreRun, label_index: int) -> int:
+    """The event's clip (position in ``run``) with the highest score for its label: the one explained."""
+    return max(found.clip_indices, key=lambda i: float(run.scores[i][label_index]))
+
+
+def insert_event(session: Session, recording_id: int, version_id: int, found: DetectedEvent,
+                 started_at: datetime | None) -> Event | None:
+    """Insert a model event (flushed, with its id), or None where this version already flagged one of this label
+    at this start on the recording: the unique index decides (ON CONFLICT DO NOTHING), not a read before."""
 
     def wall(seconds: float) -> datetime | None:
         return started_at + timedelta(seconds=seconds) if started_at is not None else None
 
-    event = Event(
-        recording_id=recording_id, label=found.label, start=found.start, end=found.end,
-        start_wall=wall(found.start), end_wall=wall(found.end), peak_score=found.peak_score,
-        peak_time=found.peak_time, model_version_id=version_id,
-    )
-    session.add(event)
-    session.flush()
+    row = {"recording_id": recording_id, "label": found.label, "start": found.start, "end": found.end,
+           "start_wall": wall(found.start), "end_wall": wall(found.end), "peak_score": found.peak_score,
+           "peak_time": found.peak_time, "model_version_id": version_id, "source": EventSource.model,
+           "status": EventStatus.flagged, "created_at": utcnow()}
+    event_id = session.scalar(insert_new(session, Event, [row]).returning(Event.id))
+    return session.get(Event, event_id) if event_id is not None else None
+
+
+def attach_media(ctx: WorkerContext, session: Session, event: Event, media: RenderedEvent | None,
+                 clip: ExportedClip | None) -> None:
+    """Point a new event at its rendered media and review clip (files under the data directory) and queue its
+    webhooks. Without media it is stored all the same: a clinician must see the event, unexplained rather than
+    lost."""
     data_dir = ctx.settings.data_dir
-    out_dir = ctx.settings.media_dir / "events" / str(event.id)
-    media = render(peak_clip, event_clips(run.starts, run.ends, found.start, found.end, peak_clip), label_index,
-                   out_dir)
-    if media is None:  # stored all the same: a clinician must see the event, unexplained rather than lost
-        queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
-        return event
-    if export is not None:
-        clip = export(found.start, found.end, out_dir / "clip.mp4")
-        event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
-    event.key_frame_time = media.key_frame_time
-    event.maps_path = str(media.maps_path.relative_to(data_dir)) if media.maps_path is not None else None
-    event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
-    for item in media.explanations:
-        session.add(Explanation(
-            event_id=event.id, method=item.method, key_frame_time=media.key_frame_time,
-            overlay_path=str(item.overlay_path.relative_to(data_dir)),
-            video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
-            agreement=item.agreement,
-        ))
+    if media is not None:
+        if clip is not None:
+            event.clip_path, event.clip_start = str(clip.path.relative_to(data_dir)), clip.start
+        event.key_frame_time = media.key_frame_time
+        event.maps_path = str(media.maps_path.relative_to(data_dir)) if media.maps_path is not None else None
+        event.key_frame_path = str(media.key_frame_path.relative_to(data_dir))
+        for item in media.explanations:
+            session.add(Explanation(
+                event_id=event.id, method=item.method, key_frame_time=media.key_frame_time,
+                overlay_path=str(item.overlay_path.relative_to(data_dir)),
+                video_path=str(item.video_path.relative_to(data_dir)) if item.video_path else None,
+                agreement=item.agreement,
+            ))
     queue_event_webhooks(session=session, event=event, event_type=WebhookEventType.event_created)
-    return event
-
-
-def _succeed(session: Session, lease: JobLease | None, result: dict) -> None:
-    if lease is not None:
-        succeed_job(session=session, job_id=lease.job_id, owner=lease.owner, result=result)

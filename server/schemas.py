@@ -436,6 +436,8 @@ class JobPublic(_FromRow):
     error: str | None
     recording_id: int | None
     attempts: int = Field(description="how often a worker started it (a job whose worker died is re-queued)")
+    parent_id: int | None = Field(default=None, description="a segment job's scoring job (kind segment)")
+    segment: int | None = Field(default=None, description="a segment job's number within its recording (0, 1, ...)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -133,8 +133,22 @@ class Settings(BaseSettings):
     job_max_dispatches: int = Field(
         default=10, ge=1, description="hand-overs of a queued job before it is failed as never taken by a worker")
 
+    # Segments, retries and the batcher (server/worker/): a recording is scored as segment tasks (run in parallel
+    # by the workers), and each worker process's batcher fills forward batches from every task it runs.
+    segment_seconds: float = Field(
+        default=300.0, gt=0, description="recording time per segment task (cut on clip boundaries); a recording "
+                                         "no longer than this is scored as one task")
+    task_max_retries: int = Field(default=5, ge=0, description="tries again after a transient error (database "
+                                                                "or broker connection) before the job fails")
+    task_retry_backoff_seconds: float = Field(default=1.0, gt=0, description="first wait; doubles each retry")
+    task_retry_backoff_max_seconds: float = Field(default=60.0, gt=0, description="cap of the doubling wait")
+    worker_concurrency: int = Field(default=2, ge=1, description="tasks one `wardwatch worker` runs at once "
+                                                                 "(threads sharing one batcher; 1: solo pool)")
     clip_stride_seconds: float | None = Field(default=None, description="default: the model's clip length")
-    score_batch_size: int = 8
+    score_batch_size: int = Field(default=8, ge=1, description="clips per forward pass: the batcher's maximum")
+    score_batch_wait_seconds: float = Field(
+        default=0.05, ge=0, description="a forward pass waits at most this long after its first clip for more "
+                                        "clips (from any task of the process) to fill the batch")
     inference_precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="autocast dtype on CUDA (auto: float16); CPU always scores in float32")
     inference_channels_last: bool | None = Field(

@@ -6,7 +6,7 @@ handed to the broker and how often, so a re-send happens at most once per interv
 times. Existing rows: never noted (the job's created_at stands in), 0 hand-overs.
 
 Revision ID: 0012_brokers
-Revises: 0010
+Revises: 0011_segments
 Create Date: 2026-12-07 00:30:00.000000
 """
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from alembic import op
 import server.db.base
 
 revision: str = "0012_brokers"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011_segments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

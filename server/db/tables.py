@@ -8,7 +8,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, utcnow
@@ -102,7 +102,12 @@ class Recording(Base):
 
 class Clip(Base):
     __tablename__ = "clip"
-    __table_args__ = (UniqueConstraint("recording_id", "index", "model_version_id"),)
+    # One row per clip of a recording and model version, by index and by start (migration 0011): clips are
+    # inserted with ON CONFLICT DO NOTHING, so a re-run, an overlapping segment or a duplicate task adds nothing.
+    __table_args__ = (
+        UniqueConstraint("recording_id", "index", "model_version_id"),
+        Index("uq_clip_recording_version_start", "recording_id", "model_version_id", "start", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     recording_id: Mapped[int] = mapped_column(ForeignKey("recording.id", ondelete="CASCADE"), index=True)
@@ -128,6 +133,11 @@ class Event(Base):
         Index("ix_event_status_start_wall_id", "status", "start_wall", "id"),
         Index("ix_event_status_peak_score_id", "status", "peak_score", "id"),
         Index("ix_event_source_start_wall_id", "source", "start_wall", "id"),
+        # A model version flags an event of a label at a start once per recording (migration 0011): event rows
+        # are inserted with ON CONFLICT DO NOTHING, so a second finalisation stores nothing. Clinicians' marks
+        # are not the model's and may repeat.
+        Index("uq_event_model_run", "recording_id", "model_version_id", "label", "start", unique=True,
+              sqlite_where=text("source = 'model'"), postgresql_where=text("source = 'model'")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -186,10 +196,16 @@ class Job(Base):
     A running job holds a lease: ``lease_owner`` (host:pid:run) renews ``lease_expires_at`` by a heartbeat, so a
     job whose owner died is found by its expired lease, not left ``running`` forever; ``attempts`` counts starts
     and bounds how often a job that kills its worker is re-queued.
+
+    A long recording's scoring job is split into *segment* jobs (``parent_id`` = the scoring job, ``segment`` =
+    its number, unique per parent: planning twice adds none), each leased and handed on like any job.
     """
 
     __tablename__ = "job"
-    __table_args__ = (Index("ix_job_status_lease", "status", "lease_expires_at"),)
+    __table_args__ = (
+        Index("ix_job_status_lease", "status", "lease_expires_at"),
+        Index("uq_job_parent_segment", "parent_id", "segment", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), doc="a server.services.jobs.JobKind value")
@@ -211,6 +227,8 @@ class Job(Base):
     # re-sends a queued job whose message may be lost at most once per ``job_redispatch_seconds``, boundedly.
     dispatched_at: Mapped[datetime | None]
     dispatch_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    segment: Mapped[int | None] = mapped_column(doc="a segment job's number within its parent (0, 1, ...)")
 
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.

@@ -26,6 +26,7 @@ from server.services.jobs import (
     LIVE,
     JobKind,
     Reclaimed,
+    close_children,
     create_job,
     expired_jobs,
     fail_job,
@@ -52,11 +53,21 @@ def recover_lost_jobs(*, session: Session, settings: Settings, at_startup: bool 
     for job_id, kind, recording_id in done.failed:
         job = session.get(Job, job_id)
         recording = session.get(Recording, recording_id) if recording_id is not None else None
+        if job is not None and kind == JobKind.segment and job.parent_id is not None:
+            _close_parent(session, job)
         if job is not None and recording is not None:
             _close_recording(session, recording, kind, job.error or "worker lost")
     settle_abandoned_cancels(session=session, now=now)
     session.flush()
     return done
+
+
+def _close_parent(session: Session, segment: Job) -> None:
+    """A segment lost its worker every time: its recording's scoring job fails with it, the other segments stop."""
+    parent = session.get(Job, segment.parent_id)
+    if parent is not None and parent.status in LIVE:
+        fail_job(session=session, job_id=parent.id, reason=f"segment {segment.segment}: {segment.error}")
+        close_children(session=session, parent_id=parent.id)
 
 
 def _close_recording(session: Session, recording: Recording, kind: str, reason: str) -> None:
@@ -88,8 +99,8 @@ def pending_work(*, session: Session) -> list[Work]:
 
 
 #: the broker queue each kind of job is sent to (server.worker.dispatch)
-JOB_QUEUES: dict[str, str] = {JobKind.score: INFERENCE_QUEUE, JobKind.finetune: TRAINING_QUEUE,
-                              JobKind.stream: STREAMS_QUEUE}
+JOB_QUEUES: dict[str, str] = {JobKind.score: INFERENCE_QUEUE, JobKind.segment: INFERENCE_QUEUE,
+                              JobKind.finetune: TRAINING_QUEUE, JobKind.stream: STREAMS_QUEUE}
 NEVER_TAKEN = "never taken by a worker"
 
 

@@ -12,7 +12,12 @@ The state machine::
        |--cancel--> cancelled <--cancel-----+  |  '--requeue----->  queued   (lease expired: owner is dead)
        '--fail (never started: refused)------> failed
     running --heartbeat--> running (lease renewed; only by its owner)
+    running --release--> queued      (its owner met a transient error and hands it back for a retry)
     cancelled --succeed--> succeeded   (a *stream* whose stop was asked ends as a success, ``stopped``)
+
+A scoring job split into *segment* jobs (children, ``parent_id``) stays ``running`` without an owner while its
+children run (:func:`wait_for_children`): the sweeper leaves it alone as long as a child is live; the task
+that finishes the last child takes its lease (:func:`claim_waiting`, atomic: one finalisation) and closes it.
 
 A running job holds a lease: ``lease_owner`` (``host:pid:run``, one per start) and ``lease_expires_at``,
 renewed by the owner's heartbeat. Writes of an owner check that it still holds the lease (:class:`LeaseLost`
@@ -29,8 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import case, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from server.db.base import utcnow
 from server.db.tables import Job, JobStatus
@@ -43,6 +48,7 @@ class JobKind(enum.StrEnum):
     score = "score"  # score one recording (upload, import, watch folder, resume)
     finetune = "finetune"  # ATCON fine-tuning into a candidate model version
     stream = "stream"  # read and score a live stream until stopped
+    segment = "segment"  # score a range of clips of a recording, a child of its score job
 
 
 _Q, _R, _S, _F, _C = JobStatus.queued, JobStatus.running, JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
@@ -260,10 +266,11 @@ class Reclaimed:
 
 
 def expired_jobs(*, session: Session, now: datetime, dead_owner: Any = None) -> list[Job]:
-    """Running jobs whose lease has expired (or that have none: rows from before leases) -- and, where
-    ``dead_owner(owner)`` says so, those whose owner is known dead though the lease still runs. Locked on
-    PostgreSQL (SKIP LOCKED) so two sweepers never take the same job."""
-    query = select(Job).where(Job.status == _R).order_by(Job.id)
+    """Running jobs whose lease has expired (or that have none: rows from before leases, and scoring jobs whose
+    segments all ended without one finalising it) -- and, where ``dead_owner(owner)`` says so, those whose owner is
+    known dead though the lease still runs. A job waiting on live segment jobs is not expired: they carry it.
+    Locked on PostgreSQL (SKIP LOCKED) so two sweepers never take the same job."""
+    query = select(Job).where(Job.status == _R, ~_has_live_child()).order_by(Job.id)
     if dead_owner is None:
         query = query.where(or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
     if session.get_bind().dialect.name == "postgresql":
@@ -325,3 +332,75 @@ def live_job_for(*, session: Session, recording_id: int, kind: JobKind) -> Job |
     """The queued or running job of ``kind`` on a recording, if any."""
     return session.scalars(select(Job).where(Job.recording_id == recording_id, Job.kind == kind.value,
                                              Job.status.in_(LIVE)).order_by(Job.id.desc())).first()
+
+
+def _has_live_child():  # type: ignore[no-untyped-def]
+    """``EXISTS`` a queued or running child of the ``job`` row in the enclosing query."""
+    child = aliased(Job)
+    return exists().where(child.parent_id == Job.id, child.status.in_(LIVE))
+
+
+def release_job(*, session: Session, job_id: int, owner: str, reason: str) -> Job:
+    """running -> queued by its owner, which met a transient error and will be retried: the attempt is handed
+    back (not counted against ``job_max_attempts``, which bounds lost workers) and ``result.retries`` counts it.
+    Raises LeaseLost when the owner no longer holds it."""
+    job = get_job(session=session, job_id=job_id)
+    _owned(job, owner)
+    _check(job, _Q)
+    job.status, job.error = _Q, reason
+    job.lease_owner, job.lease_expires_at = None, None
+    job.attempts = max(0, job.attempts - 1)
+    job.result = {**(job.result or {}), "retries": int((job.result or {}).get("retries", 0)) + 1}
+    return job
+
+
+def children(*, session: Session, parent_id: int) -> list[Job]:
+    """A job's segment jobs, by segment number."""
+    return list(session.scalars(select(Job).where(Job.parent_id == parent_id).order_by(Job.segment)))
+
+
+def wait_for_children(*, session: Session, job_id: int, owner: str) -> None:
+    """The owner of a running job hands it to its children: it stays running, with no owner and no lease, until
+    the task that ends the last child claims it (:func:`claim_waiting`). Raises LeaseLost if not the owner."""
+    released = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == _R, Job.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None).execution_options(synchronize_session=False)
+    ).rowcount
+    if (loaded := session.get(Job, job_id)) is not None:
+        session.expire(loaded)
+    if not released:
+        raise LeaseLost(f"job {job_id}: lease of {owner} lost before its segments were handed out")
+
+
+def claim_waiting(*, session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Take the lease of a running job that waits on its children, once none of them is live any more. One
+    conditional UPDATE: of the tasks that end the last children at the same moment, exactly one gets True."""
+    taken = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == _R, Job.lease_owner.is_(None), ~_has_live_child())
+        .values(lease_owner=owner, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if (loaded := session.get(Job, job_id)) is not None:
+        session.expire(loaded)
+    return bool(taken)
+
+
+def note_progress(*, session: Session, job_id: int, progress: float) -> bool:
+    """Raise a running job's progress to ``progress`` (never lower it: segments commit concurrently, each with
+    the count it sees). False when the job is no longer running (its children should stop)."""
+    changed = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == _R)
+        .values(progress=case((Job.progress < progress, progress), else_=Job.progress))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return bool(changed)
+
+
+def close_children(*, session: Session, parent_id: int) -> int:
+    """A parent that ended (failed): its queued children are cancelled and finished now; running ones find the
+    parent closed at their next commit and stop. Returns how many were cancelled."""
+    count = 0
+    for child in session.scalars(select(Job).where(Job.parent_id == parent_id, Job.status == _Q)):
+        child.status, child.finished_at = _C, utcnow()
+        count += 1
+    return count

@@ -1,5 +1,6 @@
-"""The Celery application. Queues: ``inference`` (scoring), ``training`` (fine-tuning), ``streams`` (live
-streams) and ``webhooks`` (one delivery attempt per message: short, network-bound).
+"""The Celery application. Queues: ``inference`` (scoring: recordings and their segments), ``training``
+(fine-tuning), ``streams`` (live streams) and ``webhooks`` (one delivery attempt per message: short,
+network-bound).
 
 The broker only carries record IDs; the database is the source of truth for job state. Redis and RabbitMQ both
 work (``WARDWATCH_BROKER_URL`` = ``redis://...`` or ``amqp://...``). What each setting below is for, and why it
@@ -21,6 +22,7 @@ from celery import Celery
 from server.settings import Settings, get_settings
 
 PROCESS_RECORDING = "wardwatch.process_recording"
+SCORE_SEGMENT = "wardwatch.score_segment"
 FINETUNE = "wardwatch.finetune"
 INGEST_STREAM = "wardwatch.ingest_stream"
 DELIVER_WEBHOOK = "wardwatch.deliver_webhook"
@@ -89,7 +91,8 @@ def make_celery(settings: Settings) -> Celery:
         # second recording, unstarted, behind the one it scores.
         worker_concurrency=1,
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, FINETUNE: {"queue": TRAINING_QUEUE},
+        task_routes={PROCESS_RECORDING: {"queue": INFERENCE_QUEUE}, SCORE_SEGMENT: {"queue": INFERENCE_QUEUE},
+                     FINETUNE: {"queue": TRAINING_QUEUE},
                      INGEST_STREAM: {"queue": STREAMS_QUEUE}, DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},
         task_serializer="json",
         accept_content=["json"],

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
 from server.finetuning import run_finetune
-from server.pipeline import WorkerContext, process_recording
+from server.pipeline import WorkerContext
 from server.services.webhook_delivery import attempt_delivery
 from server.settings import Settings
 from server.streaming import refuse_stream, run_stream
@@ -22,6 +24,7 @@ from server.worker.app import (
     INFERENCE_QUEUE,
     INGEST_STREAM,
     PROCESS_RECORDING,
+    SCORE_SEGMENT,
     STREAMS_QUEUE,
     TRAINING_QUEUE,
     WEBHOOKS_QUEUE,
@@ -29,6 +32,8 @@ from server.worker.app import (
     make_celery,
 )
 from server.worker.request_ids import task_headers
+from server.worker.retry import RetryLater, give_up, retry_delay
+from server.worker.scoring import process_recording, run_segment
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 class Dispatcher(Protocol):
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
         """Queue scoring of a committed recording; returns a task id where there is one."""
+
+    def score_segment(self, job_id: int) -> str | None:
+        """Queue a committed segment job (a part of a recording's scoring) on the inference queue."""
 
     def finetune(self, job_id: int) -> str | None:
         """Queue a committed fine-tune job on the training queue."""
@@ -50,7 +58,8 @@ class Dispatcher(Protocol):
 
 
 class EmbeddedDispatcher:
-    """Runs the task functions in this process, one recording at a time by default (CPU-bound)."""
+    """Runs the task functions in this process, one recording or segment at a time by default (CPU-bound);
+    with ``workers`` > 1 segments run side by side and share the process's batcher."""
 
     #: how long a new stream waits for a reader slot that a finishing stream is about to give back
     STREAM_SLOT_WAIT = 5.0
@@ -69,17 +78,54 @@ class EmbeddedDispatcher:
         # thread for seconds, not for as long as it likes.
         self._webhooks = ThreadPoolExecutor(max_workers=webhook_workers, thread_name_prefix="wardwatch-webhooks")
         self._timers: set[threading.Timer] = set()
+        self._retries: set[threading.Timer] = set()  # scoring tasks waiting out a transient error's backoff
         self._lock = threading.Lock()
         self.futures: list[Future[None]] = []
+        context.dispatch_segment = self.score_segment  # a recording's segments go to this pool
 
     def _track(self, future: Future[None]) -> None:
-        self.futures = [f for f in self.futures if not f.done()] + [future]
+        with self._lock:
+            self.futures = [f for f in self.futures if not f.done()] + [future]
 
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
-        # the task thread runs in a copy of the caller's context: its log lines carry the request ID
-        self._track(self._pool.submit(contextvars.copy_context().run, process_recording, self._context,
-                                      recording_id, job_id))
+        self._run_scoring(process_recording, (self._context, recording_id, job_id), retries=0)
         return None
+
+    def score_segment(self, job_id: int) -> str | None:
+        self._run_scoring(run_segment, (self._context, job_id), retries=0)
+        return None
+
+    def _run_scoring(self, body: Callable[..., None], args: tuple[Any, ...], retries: int) -> None:
+        # the task thread runs in a copy of the caller's context: its log lines carry the request ID
+        try:
+            self._track(self._pool.submit(contextvars.copy_context().run, self._retrying, body, args, retries))
+        except RuntimeError:  # shut down: start-up recovery runs it next time
+            log.info("%s%s left to the next start", body.__name__, args[1:])
+
+    def _retrying(self, body: Callable[..., None], args: tuple[Any, ...], retries: int) -> None:
+        """Run a scoring task body; after a transient error, again after a backoff (a timer, not a sleeping pool
+        thread), at most ``task_max_retries`` times."""
+        try:
+            body(*args)
+        except RetryLater as exc:
+            settings = self._context.settings
+            if retries >= settings.task_max_retries:
+                give_up(self._context.session_factory, exc.job_id, exc.reason, retries)
+                return
+            delay = retry_delay(retries, settings)
+            log.warning("%s%s: %s; retry %d in %.1f s", body.__name__, args[1:], exc.reason, retries + 1, delay)
+            timer = threading.Timer(delay, self._retry, args=(body, args, retries + 1))
+            timer.daemon = True
+            with self._lock:
+                self._retries.add(timer)
+            timer.start()
+
+    def _retry(self, body: Callable[..., None], args: tuple[Any, ...], retries: int) -> None:
+        try:
+            self._run_scoring(body, args, retries)
+        finally:  # only once it is tracked as a future again, so wait() never sees neither
+            with self._lock:
+                self._retries.discard(threading.current_thread())  # type: ignore[arg-type]  # the Timer itself
 
     def finetune(self, job_id: int) -> str | None:
         self._track(self._training.submit(contextvars.copy_context().run, run_finetune, self._context, job_id))
@@ -132,17 +178,31 @@ class EmbeddedDispatcher:
             self.deliver_webhook(delivery_id, delay)
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until queued work is done (tests and `wardwatch demo`)."""
-        for future in list(self.futures):
-            future.result(timeout=timeout)
+        """Block until queued work is done, including the segments and retries it queued meanwhile (tests and
+        `wardwatch demo`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [f for f in self.futures if not f.done()]
+                retrying = bool(self._retries)
+            if not pending and not retrying:
+                return
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise TimeoutError("queued work did not finish in time")
+            for future in pending:
+                future.result(timeout=left)
+            if retrying and not pending:
+                time.sleep(0.05)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._training.shutdown(wait=False, cancel_futures=True)
         with self._lock:
-            for timer in self._timers:
+            for timer in (*self._timers, *self._retries):
                 timer.cancel()
             self._timers.clear()
+            self._retries.clear()
         self._webhooks.shutdown(wait=False, cancel_futures=True)
 
 
@@ -166,6 +226,10 @@ class CeleryDispatcher:
 
     def process_recording(self, recording_id: int, job_id: int | None) -> str | None:
         return self._send_job(PROCESS_RECORDING, [recording_id, job_id], INFERENCE_QUEUE)
+
+    def score_segment(self, job_id: int) -> str | None:
+        return str(self._celery.send_task(SCORE_SEGMENT, args=[job_id], queue=INFERENCE_QUEUE,
+                                          headers=task_headers()).id)
 
     def finetune(self, job_id: int) -> str | None:
         return self._send_job(FINETUNE, [job_id], TRAINING_QUEUE)

@@ -27,7 +27,7 @@ from tests.conftest import free_port
 WORKER = """
 import sys
 from server.bootstrap import make_worker_context
-from server.pipeline import process_recording
+from server.worker.scoring import process_recording
 from server.settings import Settings
 ctx = make_worker_context(Settings())
 process_recording(ctx, int(sys.argv[1]), int(sys.argv[2]))

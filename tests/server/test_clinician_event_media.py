@@ -16,9 +16,9 @@ from sqlalchemy import delete, update
 from ingest.decode import read_frames
 from server.db.session import session_scope
 from server.db.tables import Clip, Event, Recording, RecordingStatus
-from server.pipeline import process_recording
 from server.services.models import get_active_model
 from server.training_data import build_finetune_data
+from server.worker.scoring import process_recording
 from tests.server.conftest import upload, wait_for_tasks
 
 

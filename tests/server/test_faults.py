@@ -16,12 +16,13 @@ from server.bootstrap import make_worker_context
 from server.db.session import session_scope
 from server.db.tables import Clip, Event, Job, Recording, RecordingStatus
 from server.job_sweeper import JobSweeper
-from server.pipeline import WorkerContext, process_recording
+from server.pipeline import WorkerContext
 from server.services.jobs import JobKind, create_job
 from server.services.recordings import create_recording
 from server.services.streams import stop_stream
 from server.settings import Settings
 from server.worker.dispatch import EmbeddedDispatcher
+from server.worker.scoring import process_recording
 from tests.conftest import free_port
 from tests.server.faults_support import (
     clip_count,

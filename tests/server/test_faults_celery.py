@@ -13,9 +13,9 @@ import pytest
 
 from server.bootstrap import make_worker_context
 from server.job_sweeper import JobSweeper
-from server.pipeline import process_recording
 from server.settings import Settings
 from server.worker.dispatch import CeleryDispatcher
+from server.worker.scoring import process_recording
 from tests.server.brokers import BROKERS, shared_broker
 from tests.server.faults_support import (
     clip_count,

@@ -117,7 +117,12 @@ def test_scoring_counts_clips_frames_batches_and_the_job(pg_url: str, tmp_path: 
     assert frames >= clips  # every clip is made of frames
     batches = value(after, "wardwatch_inference_batch_size_count") - \
         value(before, "wardwatch_inference_batch_size_count")
-    assert batches == -(-clips // 4)  # ceil: full batches of 4, then the rest
+    # the worker's batcher fills a batch up to 4 clips or what arrived within its wait (server/worker/batcher.py)
+    assert value(after, "wardwatch_inference_batch_size_sum") - value(before, "wardwatch_inference_batch_size_sum") \
+        == clips  # every clip in exactly one forward batch
+    assert batches >= -(-clips // 4)  # ceil: never more than 4 in one
+    assert value(after, "wardwatch_batch_recordings_count") - value(before, "wardwatch_batch_recordings_count") \
+        == batches
     assert value(after, "wardwatch_inference_seconds_count") - value(before, "wardwatch_inference_seconds_count") \
         == batches
     jobs = "wardwatch_job_duration_seconds_count"

@@ -23,7 +23,7 @@ from tests.server.conftest import upload, wait_for_tasks
 WORKER = """
 import sys
 from server.bootstrap import make_worker_context
-from server.pipeline import process_recording
+from server.worker.scoring import process_recording
 from server.settings import Settings
 ctx = make_worker_context(Settings(data_dir=sys.argv[1], commit_every=2, score_batch_size=1, device="cpu"))
 process_recording(ctx, int(sys.argv[2]))
