@@ -164,3 +164,13 @@ def test_transport_settings(tmp_path: Path) -> None:
         assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
     assert redis_conf.broker_transport_options["visibility_timeout"] == 7200
     assert amqp_conf.broker_transport_options == {"confirm_publish": True}
+
+
+def test_a_lost_segment_message_is_sent_again(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """A recording's segment waits on the inference queue like its scoring job; its message may be lost too."""
+    settings = _settings(tmp_path)
+    segment = _job(factory, jobs.JobKind.segment, age=120)
+    short = frozenset({"inference"})
+    with session_scope(factory) as session:
+        decided = lost_messages(session=session, settings=settings, depths={"inference": 0}, short_before=short)
+    assert [(job_id, kind) for job_id, kind, _ in decided.resend] == [(segment, jobs.JobKind.segment)]
