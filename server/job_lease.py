@@ -15,6 +15,7 @@ from types import TracebackType
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.session import session_scope
+from server.db.tables import Job, JobStatus
 from server.services.jobs import LeaseLost, heartbeat
 from server.settings import Settings
 
@@ -60,8 +61,23 @@ class JobLease:
                     heartbeat(session=session, job_id=self.job_id, owner=self.owner,
                               lease_seconds=self.settings.job_lease_seconds)
             except LeaseLost:
-                log.warning("job %s: lease lost (re-queued or closed elsewhere); stopping", self.job_id)
                 self.lost.set()
+                self._report_lost()
                 return
             except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat, the lease has slack
                 log.exception("job %s: heartbeat failed", self.job_id)
+
+    def _report_lost(self) -> None:
+        """Say why the lease went. A beat that lands between the owner's closing commit and the end of the ``with``
+        block finds the job succeeded (only its owner can close a job so): the normal end, not a loss to warn of."""
+        try:
+            with session_scope(self.factory) as session:
+                job = session.get(Job, self.job_id)
+                status, owner = (job.status, job.lease_owner) if job is not None else (None, None)
+        except Exception:  # noqa: BLE001 - the report is best effort; the worker stops either way
+            status, owner = None, None
+        if status == JobStatus.succeeded and owner is None:
+            log.debug("job %s: finished (%s); heartbeat stopped", self.job_id, status)
+        else:
+            log.warning("job %s: lease lost (re-queued or closed elsewhere: %s); stopping", self.job_id,
+                        status or "unknown")
