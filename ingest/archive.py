@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "INDEX_FILE", "ArchiveIndex", "ArchiveSpec", "RemovedSpan", "Segment", "SegmentClock", "append_entries",
-    "locked", "read_index", "write_index",
+    "locked", "read_index", "reason", "write_index",
 ]
 
 INDEX_FILE = "index.jsonl"
@@ -223,6 +223,13 @@ class ArchiveIndex:
             yield segment.open_entry()
             if segment.closed:
                 yield segment.close_entry()
+
+
+def reason(exc: BaseException) -> str:
+    """Why an FFmpeg or file operation failed, without the path it names (messages reach the API and the
+    recording's warnings, and the server's file layout is none of a client's business)."""
+    text = getattr(exc, "strerror", None)
+    return str(text) if text else type(exc).__name__
 
 
 def index_path(directory: Path) -> Path:

@@ -31,6 +31,7 @@ from ingest.archive import (
     append_entries,
     locked,
     read_index,
+    reason,
 )
 from ingest.errors import ArchiveError
 
@@ -114,7 +115,7 @@ def _segment_frames(folder: Path, segment: Segment, start: float, end: float) ->
     try:
         container = av.open(str(path), mode="r", format="mpegts")
     except (av.FFmpegError, OSError) as exc:
-        raise ArchiveError(f"{what} is unreadable ({exc})") from None
+        raise ArchiveError(f"{what} is unreadable ({reason(exc)})") from None
     with container:
         if not container.streams.video:
             raise ArchiveError(f"{what} is corrupt: it holds no video")
@@ -134,7 +135,7 @@ def _segment_frames(folder: Path, segment: Segment, start: float, end: float) ->
                 if start - 1e-9 <= t < end:
                     yield ArchivedFrame(t, frame, segment.rotation)
         except av.FFmpegError as exc:
-            raise ArchiveError(f"{what} is corrupt ({exc})") from None
+            raise ArchiveError(f"{what} is corrupt ({reason(exc)})") from None
     if decoded < segment.frames or errors.bad_packets or corrupt:
         problems = [f"{decoded} of its {segment.frames} frames decodable"]
         if errors.bad_packets:

@@ -105,10 +105,15 @@ def apply_retention(directory: str | os.PathLike[str], policy: RetentionPolicy, 
 
 
 def _merge(spans: list[RemovedSpan], kept: list[Segment]) -> list[RemovedSpan]:
-    """Join removed spans that no kept segment separates (the index stays small however long the stream runs)."""
+    """Join removed spans of the same kind (retention, or another reason) that no kept segment separates: the index
+    stays small however long the stream runs."""
+    def kind(span: RemovedSpan) -> str:
+        return "retention" if span.reason.startswith("retention") else span.reason
+
     merged: list[RemovedSpan] = []
     for span in sorted(spans, key=lambda s: (s.start, s.end)):
-        if merged and not any(merged[-1].end <= s.start < span.start + 1e-9 for s in kept):
+        if merged and kind(merged[-1]) == kind(span) and \
+                not any(merged[-1].end <= s.start < span.start + 1e-9 for s in kept):
             last = merged[-1]
             reason = last.reason if last.reason == span.reason else "retention"
             merged[-1] = RemovedSpan(last.start, max(last.end, span.end), reason, last.segments + span.segments)

@@ -34,6 +34,7 @@ from ingest.archive import (
     SegmentClock,
     append_entries,
     read_index,
+    reason,
 )
 from ingest.archive_reader import recover_archive
 from ingest.errors import ArchiveError
@@ -174,9 +175,9 @@ class StreamArchiveWriter:
             return
         try:
             append_entries(self.directory, [{"type": "gap", "start": round(start, 6), "end": round(end, 6)}])
-            self.archived_until = max(self.archived_until, end)
         except OSError as exc:
-            self._failed(exc)
+            self._problem(f"the outage {start:.2f}-{end:.2f} s could not be indexed ({reason(exc)})")
+        self.archived_until = max(self.archived_until, end)
 
     def disconnect(self) -> None:
         """The connection ended: close its segment (readable from now on)."""
@@ -335,11 +336,11 @@ class StreamArchiveWriter:
                 for packet in current.encoder.encode(None):
                     current.container.mux(packet)
         except (av.FFmpegError, OSError, ValueError) as exc:
-            self._problem(f"segment {current.path.name}: the encoder's last frames were lost ({exc})")
+            self._problem(f"segment {current.path.name}: the encoder's last frames were lost ({reason(exc)})")
         try:
             current.container.close()
         except (av.FFmpegError, OSError, ValueError) as exc:
-            self._problem(f"segment {current.path.name} may be incomplete ({exc})")
+            self._problem(f"segment {current.path.name} may be incomplete ({reason(exc)})")
         if current.entry is None or current.clock is None or current.frames == 0 or current.max_end is None:
             # never indexed (the connection ended before its first frame was decoded): nothing can read it
             current.path.unlink(missing_ok=True)
@@ -355,7 +356,7 @@ class StreamArchiveWriter:
         try:
             append_entries(self.directory, [segment.close_entry()])
         except OSError as exc:
-            self._problem(f"segment {current.path.name} could not be indexed ({exc})")
+            self._problem(f"segment {current.path.name} could not be indexed ({reason(exc)})")
             return
         self.archived_until = max(self.archived_until, end)
         self.segments_written += 1
@@ -392,7 +393,8 @@ class StreamArchiveWriter:
         """A write failed: close what the segment holds and go on (the next keyframe starts a new one)."""
         self.failures += 1
         name = self.current.path.name if self.current is not None else "the archive"
-        self._problem(f"archiving failed at {name} ({type(exc).__name__}: {exc}); the stream is still scored")
+        self._problem(f"archiving failed at {name} ({reason(exc)}); the stream is still scored")
+        log.debug("%s: archive failure", self.name, exc_info=exc)
         try:
             self._close_current()
         except Exception:  # noqa: BLE001 - already failing: keep reading the stream whatever happens
@@ -419,7 +421,7 @@ def _hold_writer_lock(folder: Path, timeout: float):  # type: ignore[no-untyped-
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 handle.close()
-                raise ArchiveBusy(f"another reader is still writing the archive in {folder.name}") from None
+                raise ArchiveBusy("another reader is still writing this stream's archive") from None
             time.sleep(0.2)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -161,7 +162,7 @@ def export_archive_clip(
     size = output_size(*upright, max_side)
     out = Path(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{threading.get_ident()}.part")  # two cutters never share one
     try:
         frames = ((item.t, item.frame, item.rotation) for item in iter_archive_frames(directory, a, b, index=index))
         written, first_t = _encode(frames, tmp, a, b, size, first.fps, crf, f"the archive in {Path(directory).name}")

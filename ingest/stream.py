@@ -373,10 +373,13 @@ class _Session:
             return current
         assert self.anchor is not None
         after_last = self.last_t + (1.0 / fps if fps > 0 else self.interval) if self.last_t is not None else 0.0
+        # nor before what the archive holds: a reader that died archived frames past its last clip, and a camera
+        # that bursts on connect runs its frames ahead of the wall clock, so a quick reconnect could overlap them
+        archived = self.archive.archived_until if self.archive is not None else 0.0
         if current is None:  # a new connection: wall-clock position, but never before earlier frames
-            offset = max(connected - self.anchor, after_last, 0.0)
+            offset = max(connected - self.anchor, after_last, archived, 0.0)
         else:
-            offset = after_last
+            offset = max(after_last, archived)
             log.warning("%s: timestamps jumped back; continuing at %.2f s", self.name, offset)
         time_base = Fraction(stream.time_base) if stream.time_base is not None else None
         return Timeline(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.archive_retention import Removal, RetentionPolicy, apply_retention
+from ingest.archive_writer import ArchiveBusy, StreamArchiveWriter
 from server.db.session import session_scope
 from server.services.stream_archive import held_spans, live_stream_recordings
 from server.settings import Settings
@@ -40,8 +42,18 @@ def prune_archive(settings: Settings, factory: sessionmaker[Session], recording_
                            held=[*held, *also_held], hold_from=hold_from)
 
 
+def _recover(folder: Path) -> None:
+    """Close the segment a reader left open when it died and no reader followed (its job failed): taking the
+    writer lock proves no writer is alive, and opening a writer recovers (then it is closed at once)."""
+    try:
+        StreamArchiveWriter(folder, name=f"archive {folder.parent.name}").close()
+    except ArchiveBusy:
+        pass  # a reader is writing it after all: it recovered the archive itself
+
+
 def prune_stopped_archives(settings: Settings, factory: sessionmaker[Session]) -> int:
-    """Retention for every archived stream without a live reader (a reader prunes its own); segments removed."""
+    """Retention for every archived stream without a live reader (a reader prunes its own), after closing what a
+    reader that died left open; returns the segments removed."""
     root = settings.media_dir / "recordings"
     archived = {int(p.parent.name): p for p in root.glob("*/archive") if p.parent.name.isdigit()} \
         if root.is_dir() else {}
@@ -52,6 +64,7 @@ def prune_stopped_archives(settings: Settings, factory: sessionmaker[Session]) -
     removed = 0
     for recording_id in sorted(set(archived) - live):
         try:
+            _recover(archived[recording_id])
             removed += len(prune_archive(settings, factory, recording_id).removed)
         except Exception:  # noqa: BLE001 - one damaged archive must not stop the others being pruned
             log.exception("retention of the archive of recording %s failed", recording_id)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from ingest.archive import ArchiveSpec, Segment, read_index
+from ingest.archive import ArchiveSpec, Segment, read_index, reason
 from ingest.archive_reader import read_archive_frames
 from ingest.archive_writer import StreamArchiveWriter
 from ingest.errors import ArchiveError
@@ -81,13 +81,17 @@ class StreamArchive:
                                                  lock_timeout=min(settings.job_lease_seconds,
                                                                   _LOCK_WAIT_MAX_SECONDS))
         except (ArchiveError, OSError) as exc:
-            message = f"the stream is not archived (no review clips): {exc}"
+            why = str(exc) if isinstance(exc, ArchiveError) else reason(exc)
+            message = f"the stream is not archived (no review clips): {why}"
             log.error("recording %s: %s", recording_id, message)
             report.errors.append(message)
             return None
-        with session_scope(factory) as session:
-            for event_id, start, end in events_awaiting_clip(session=session, recording_id=recording_id):
-                archive._pending[event_id] = (start, end)
+        try:
+            with session_scope(factory) as session:
+                for event_id, start, end in events_awaiting_clip(session=session, recording_id=recording_id):
+                    archive._pending[event_id] = (start, end)
+        except Exception:  # noqa: BLE001 - a database hiccup: they are cut by the next reader or stay held
+            log.exception("recording %s: the events awaiting a review clip could not be read", recording_id)
         archive._thread.start()
         archive._wake.set()
         return archive
@@ -209,7 +213,7 @@ class StreamArchive:
             error = f"no review clip: {exc}"
         except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the event is kept
             log.exception("recording %s: the review clip of event %s failed", self.recording_id, event_id)
-            error = f"no review clip: {type(exc).__name__}: {exc}"
+            error = f"no review clip: {reason(exc)} (details in the server log)"
         with session_scope(self.factory) as session:
             if error is not None:
                 log.warning("recording %s, event %s: %s", self.recording_id, event_id, error)

@@ -10,8 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ingest.clips import Clip, ClipSpec, IngestReport
 from ingest.errors import ArchiveError
 from ingest.export import export_archive_clip
 from ingest.stream import ReconnectPolicy, StreamSpec, iter_stream_clips
+from tests.ingest.archive_support import STARTED, fake_archive
 from tests.ingest.test_stream import _free_port
 from tests.ingest.videos import decode_index
 
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg C
 FPS = 15
 SPEC = ClipSpec(clip_seconds=0.5, stride_seconds=0.5, sample_fps=4.0, size=(32, 24))
 RETRY = ReconnectPolicy(initial_delay=0.1, max_delay=0.3, max_attempts=40)
-STARTED = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
 class _Camera:
@@ -167,6 +166,7 @@ def test_an_outage_is_a_gap_in_the_index(camera: _Camera, tmp_path: Path) -> Non
     before = [s for s in index.segments if s.end is not None and s.end <= gap_start + 1e-6]
     after = [s for s in index.segments if s.start >= gap_end - 1e-6]
     assert before and after and len(before) + len(after) == len(index.segments)  # none spans the outage
+    assert all(b.start >= a.end - 1e-9 for a, b in zip(index.segments, index.segments[1:], strict=False))
     assert gap_start == pytest.approx(before[-1].end, abs=1e-6)
     assert after[0].clock.offset > before[-1].clock.offset  # the new connection placed on the wall clock
     frames = _all_frames(folder)
@@ -298,30 +298,9 @@ def test_an_index_line_cut_short_is_skipped(tmp_path: Path) -> None:
 
 # -- retention --------------------------------------------------------------------------------------------------
 
-def _fake_archive(folder: Path, spans: list[tuple[float, float]], *, size: int = 1000,
-                  open_last: bool = False) -> list[Segment]:
-    """Segments with files of ``size`` bytes over ``spans`` (recording seconds from STARTED)."""
-    clock = SegmentClock(offset=0.0, origin=0, time_base=Fraction(1, 90000), base=0)
-    made = []
-    for seq, (a, b) in enumerate(spans, 1):
-        segment = Segment(seq=seq, file=f"seg-{seq:08d}.ts", clock=clock, start=a, fps=15.0, width=64, height=48,
-                          rotation=0, codec="h264", mode="remux",
-                          start_wall=(STARTED + timedelta(seconds=a)).isoformat())
-        (folder / segment.file).parent.mkdir(parents=True, exist_ok=True)
-        (folder / segment.file).write_bytes(bytes(size))
-        entries = [segment.open_entry()]
-        if not (open_last and seq == len(spans)):
-            segment = replace(segment, end=b, bytes=size, frames=1,
-                              end_wall=(STARTED + timedelta(seconds=b)).isoformat())
-            entries.append(segment.close_entry())
-        append_entries(folder, entries)
-        made.append(segment)
-    return made
-
-
 def test_retention_by_age_and_size_never_takes_what_is_held(tmp_path: Path) -> None:
     folder = tmp_path / "archive"
-    _fake_archive(folder, [(10.0 * k, 10.0 * (k + 1)) for k in range(10)], open_last=True)
+    fake_archive(folder, [(10.0 * k, 10.0 * (k + 1)) for k in range(10)], open_last=True)
     now = STARTED + timedelta(seconds=100)
     index = read_index(folder)
     by_age = plan_removal(index, RetentionPolicy(max_age=timedelta(seconds=45)), now=now, held=[(12.0, 18.0)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from server.archive_retention import prune_stopped_archives
 from server.bootstrap import make_worker_context
 from server.db.session import session_scope
 from server.db.tables import Clip, Event, EventStatus, Explanation, Recording, RecordingStatus
+from server.housekeeper import Housekeeper
 from server.main import create_app
 from server.services.jobs import JobKind, create_job
 from server.services.models import get_active_model
@@ -37,6 +39,7 @@ from server.settings import Settings
 from server.stream_archive import StreamArchive
 from tests.accounts import act_as
 from tests.conftest import free_port
+from tests.ingest.archive_support import fake_archive
 from tests.server.faults_support import job_row, kill, process_env, start_server, stop, wait_for
 from tests.server.test_stream import FFMPEG
 
@@ -218,7 +221,8 @@ def test_killed_mid_event_the_archive_resumes_and_explains_the_event(
     assert gap_start == pytest.approx(recovered[0].end, abs=1e-6) and gap_end > gap_start
     later = [s for s in index.segments if s.seq > recovered[0].seq]
     assert later and all(s.start >= gap_end - 1e-6 for s in later) and later[0].start > killed_at
-    assert [s.seq for s in index.segments] == sorted(s.seq for s in index.segments)
+    segments = index.segments  # in time order, never overlapping (the new reader starts after the archive's end)
+    assert all(b.start >= a.end - 1e-9 for a, b in zip(segments, segments[1:], strict=False))
     assert done.result["gaps"][0][1] == pytest.approx(gap_end, abs=1e-6)
 
     with session_scope(factory) as session:
@@ -302,3 +306,33 @@ def test_a_damaged_segment_costs_only_the_media_of_the_event_that_needed_it(
     assert all((folder / s.file).is_file() for s in segments)
     with session_scope(factory) as session:
         assert session.get(Recording, rid).status == RecordingStatus.scored
+
+
+def test_the_housekeeper_prunes_only_streams_no_reader_holds(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", stream_archive_max_hours=1)
+    ctx = make_worker_context(settings)
+    factory = ctx.session_factory
+    with session_scope(factory) as session:
+        live, stopped = (create_recording(session=session, source=f"tcp://camera-{n}:9000") for n in (1, 2))
+        create_job(session=session, kind=JobKind.stream, recording_id=live.id, params={})  # queued: a reader comes
+        live_id, stopped_id = live.id, stopped.id
+    long_ago = [(10.0 * k, 10.0 * (k + 1)) for k in range(3)]  # two days ago: past the 1-hour limit
+    for rid in (live_id, stopped_id):
+        # the last segment still open, as a reader that died (and was never followed) leaves it
+        fake_archive(settings.stream_archive_dir(rid), long_ago, started=datetime.now(UTC) - timedelta(days=2),
+                     open_last=True)
+    Housekeeper(settings, factory).purge_once()  # what start-up and every purge interval run
+    assert [s.seq for s in read_index(settings.stream_archive_dir(live_id)).segments] == [1, 2, 3]
+    stopped_index = read_index(settings.stream_archive_dir(stopped_id))
+    assert stopped_index.segments == [] and stopped_index.next_seq == 4
+    # (these fake segment files are not video: the dead reader's open one could not be recovered, and says so)
+    assert [r.reason for r in stopped_index.removed] == ["retention: older than 1 h",
+                                                         "unreadable after its writer died"]
+    assert not list(settings.stream_archive_dir(stopped_id).glob("seg-*.ts"))
+
+
+def test_archiving_can_be_turned_off(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, device="cpu", stream_archive=False)
+    ctx = make_worker_context(settings)
+    assert StreamArchive.open(settings, ctx.session_factory, 1, report=IngestReport(), name="camera") is None
+    assert not settings.stream_archive_dir(1).exists()
