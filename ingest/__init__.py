@@ -11,16 +11,22 @@ numpy arrays and dataclasses out. The server imports it; it imports nothing of t
 - :class:`ingest.destinations.DestinationPolicy` -- which stream hosts a reader may connect to (SSRF guard).
 - :class:`ingest.watch.WatchFolder` -- new, completely written files of a folder, each offered once.
 - :func:`ingest.paths.resolve_import_path` -- server-side import paths, confined to the import directory.
-- :func:`ingest.export.export_clip` -- browser-playable H.264 review clip of an event.
+- :func:`ingest.export.export_clip` -- browser-playable H.264 review clip of an event
+  (:func:`ingest.export.export_archive_clip`: the same from a live stream's archive).
+- :mod:`ingest.archive` -- a live stream on disk as it is read: rolling segments and their index
+  (:class:`ingest.archive_writer.StreamArchiveWriter`, :mod:`ingest.archive_reader`, :mod:`ingest.archive_retention`).
 - :func:`ingest.timestamps.started_at_from_filename` -- recording start from a file-name pattern.
 - :mod:`ingest.decode` -- frame iteration and random access (PyAV, decord).
 - :func:`ingest.synthetic.generate` -- deterministic patient-room video with annotations.
 """
 
+from ingest.archive import ArchiveSpec
+from ingest.archive_writer import StreamArchiveWriter
 from ingest.clips import Clip, ClipSpec, IngestReport, iter_clips
 from ingest.decode import iter_frames, read_frame, read_frames
 from ingest.destinations import DestinationPolicy
 from ingest.errors import (
+    ArchiveError,
     DecodeError,
     DestinationRefused,
     DestinationUnresolved,
@@ -29,7 +35,7 @@ from ingest.errors import (
     StreamError,
     UnsafePathError,
 )
-from ingest.export import ExportedClip, export_clip, export_review_clip
+from ingest.export import ExportedClip, export_archive_clip, export_clip, export_review_clip
 from ingest.paths import resolve_import_path
 from ingest.probe import VideoInfo, probe
 from ingest.stream import ReconnectPolicy, StreamSpec, iter_stream_clips, validate_stream_url
@@ -37,6 +43,8 @@ from ingest.timestamps import started_at_from_filename
 from ingest.watch import WatchFolder
 
 __all__ = [
+    "ArchiveError",
+    "ArchiveSpec",
     "ExportedClip",
     "Clip",
     "ClipSpec",
@@ -48,11 +56,13 @@ __all__ = [
     "IngestReport",
     "InvalidVideoError",
     "ReconnectPolicy",
+    "StreamArchiveWriter",
     "StreamError",
     "StreamSpec",
     "UnsafePathError",
     "VideoInfo",
     "WatchFolder",
+    "export_archive_clip",
     "export_clip",
     "export_review_clip",
     "iter_clips",

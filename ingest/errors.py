@@ -34,6 +34,14 @@ class StreamError(DecodeError):
     """
 
 
+class ArchiveError(DecodeError):
+    """A live stream's archive cannot give the video asked for: no segment holds that time, or the segment that
+    does is missing, was removed by retention, is still being written, or is corrupt or truncated.
+
+    The message names the segment file and the recording seconds it held, so an operator knows what was lost.
+    """
+
+
 class DestinationRefused(InvalidVideoError, ValueError):
     """A stream URL names a destination the :class:`ingest.destinations.DestinationPolicy` refuses (a loopback,
     link-local, metadata, multicast or reserved address, or one outside the allow-list).

@@ -6,13 +6,17 @@ metadata that some players ignore. Re-encoding gives exactly the requested windo
 (plays everywhere), upright pixels, an optional smaller size, and ``moov`` before ``mdat``
 (``movflags=+faststart``) so the player can start and seek before the whole file has arrived.
 Review clips are silent: audio from a patient room is not needed to review a video event.
+
+A live stream's events are cut the same way from the stream's archive (:func:`export_archive_clip`): the frames
+come from the segment files holding the window, timed with the live reader's own recording seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,12 +27,14 @@ from av.video.reformatter import VideoReformatter
 
 from ingest._decoding import ErrorLog, decoded_frames
 from ingest._media import frame_to_rgb, open_input, rotation_from_frame, rotation_from_metadata, video_stream
-from ingest.errors import DecodeError
+from ingest.archive import read_index
+from ingest.archive_reader import iter_archive_frames
+from ingest.errors import ArchiveError, DecodeError
 from ingest.probe import probe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportedClip", "export_clip", "export_review_clip", "output_size"]
+__all__ = ["ExportedClip", "export_archive_clip", "export_clip", "export_review_clip", "output_size"]
 
 _TIME_BASE = Fraction(1, 90_000)  # MPEG's clock: exact for 24/25/30/60 fps and for variable frame rates
 
@@ -120,25 +126,79 @@ def export_review_clip(
     return ExportedClip(out, first, written)
 
 
+def export_archive_clip(
+    directory: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    start: float,
+    end: float,
+    *,
+    pre: float = 2.0,
+    post: float = 2.0,
+    max_side: int | None = None,
+    crf: int = 23,
+) -> ExportedClip:
+    """:func:`export_review_clip` for a live stream: the window is cut from its archive
+    (:mod:`ingest.archive`), across as many segment files as it spans.
+
+    ``start``/``end`` and the returned ``start`` are recording seconds, the live reader's own: the clip's first
+    frame is the first archived frame at or after ``start - pre``, and its player time ``t`` shows recording
+    time ``start + t``. An outage inside the window holds the last frame before it (the clock is kept).
+
+    Raises:
+        ArchiveError: no archived video in the window, or a segment it needs is missing, removed, still being
+            written, corrupt or truncated (the message names it).
+        ValueError: ``end < start`` or negative padding.
+    """
+    if end < start or pre < 0 or post < 0:
+        raise ValueError("need start <= end and non-negative pre/post padding")
+    index = read_index(directory)
+    a, b = max(0.0, start - pre), end + post
+    segments = index.overlapping(a, b)
+    if not segments:
+        raise ArchiveError(f"no archived video between {a:.2f} s and {b:.2f} s")
+    a, b = max(a, segments[0].start), min(b, max(s.span_end for s in segments))
+    first = segments[0]
+    upright = (first.height, first.width) if first.rotation in (90, 270) else (first.width, first.height)
+    size = output_size(*upright, max_side)
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{threading.get_ident()}.part")  # two cutters never share one
+    try:
+        frames = ((item.t, item.frame, item.rotation) for item in iter_archive_frames(directory, a, b, index=index))
+        written, first_t = _encode(frames, tmp, a, b, size, first.fps, crf, f"the archive in {Path(directory).name}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported archive [%.2f, %.2f] s -> %s (%d frames, %dx%d)", first_t, b, out, written, *size)
+    return ExportedClip(out, first_t, written)
+
+
 def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], fps: float,
                crf: int) -> tuple[int, float]:
-    """Decode ``[a, b)`` of ``src`` and encode it to ``dst``; returns (frames written, first frame's time).
-
-    Presentation times count from the first frame written (pts 0), not from ``a``: a window starting between
-    two frames would otherwise begin with an empty stretch whose length players disagree on (an MP4 edit list
-    some honour and some do not), and the clip's 0 s would not be a frame of the recording.
-    """
-    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
-    with (
-        open_input(src) as inp,
-        av.open(str(dst), mode="w", format="mp4", container_options={"movflags": "+faststart"}) as out,
-    ):
+    """Decode ``[a, b)`` of ``src`` and encode it to ``dst``; returns (frames written, first frame's time)."""
+    with open_input(src) as inp:
         stream = video_stream(inp, src.name)
         stream.thread_type = "AUTO"
         time_base = Fraction(stream.time_base) if stream.time_base is not None else None
         origin = stream.start_time or 0
         rotation = rotation_from_metadata(stream.metadata)
+        frames = ((_seconds(frame, time_base, origin, index, fps), frame, rotation)
+                  for index, frame in enumerate(_frames_from(inp, stream, a, src.name)))
+        return _encode(frames, dst, a, b, size, fps, crf, src.name)
 
+
+def _encode(frames: Iterable[tuple[float, av.VideoFrame, int | None]], dst: Path, a: float, b: float,
+            size: tuple[int, int], fps: float, crf: int, name: str) -> tuple[int, float]:
+    """Encode the ``(recording seconds, frame, rotation or None)`` in ``[a, b)`` to ``dst`` as H.264 MP4; returns
+    (frames written, first frame's time). A rotation of None is read from the first frame's side data.
+
+    Presentation times count from the first frame written (pts 0), not from ``a``: a window starting between
+    two frames would otherwise begin with an empty stretch whose length players disagree on (an MP4 edit list
+    some honour and some do not), and the clip's 0 s would not be a frame of the recording. Later frames keep
+    their spacing, an outage included, so player time ``t`` is recording time ``first + t`` throughout.
+    """
+    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+    with av.open(str(dst), mode="w", format="mp4", container_options={"movflags": "+faststart"}) as out:
         enc = out.add_stream("libx264", rate=rate)
         enc.width, enc.height, enc.pix_fmt = size[0], size[1], "yuv420p"
         enc.time_base = _TIME_BASE
@@ -146,15 +206,17 @@ def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], 
         enc.options = {"crf": str(crf), "preset": "veryfast", "profile": "high"}
 
         written, last_pts, first = 0, -1, a
+        found_rotation: int | None = None
         reformatter = VideoReformatter()
-        for index, frame in enumerate(_frames_from(inp, stream, a, src.name)):
-            t = _seconds(frame, time_base, origin, index, fps)
+        for t, frame, rotation in frames:
             if t < a - 1e-6:
                 continue
             if t >= b - 1e-6:
                 break
             if rotation is None:
-                rotation = rotation_from_frame(frame)
+                if found_rotation is None:
+                    found_rotation = rotation_from_frame(frame)
+                rotation = found_rotation
             image = frame_to_rgb(frame, size, rotation, reformatter)
             if written == 0:
                 first = t
@@ -162,7 +224,7 @@ def _transcode(src: Path, dst: Path, a: float, b: float, size: tuple[int, int], 
             out.mux(enc.encode(_video_frame(image, pts)))
             written, last_pts = written + 1, pts
         if written == 0:
-            raise DecodeError(f"no frame between {a:.2f} s and {b:.2f} s of {src.name} could be decoded")
+            raise DecodeError(f"no frame between {a:.2f} s and {b:.2f} s of {name} could be decoded")
         out.mux(enc.encode(None))
     return written, first
 

@@ -9,6 +9,8 @@ times stay consistent across reconnects. Clip indices continue across reconnects
 ``(last frame before, first frame after)`` entry in ``report.gaps``; no clip spans an outage.
 
 The cutting itself (sampling, stride grid, clip length) is the one files use (:mod:`ingest._cutter`).
+An optional :class:`ingest.archive_writer.StreamArchiveWriter` receives every packet, frame, connection and outage,
+so the stream is kept on disk as it is read (:mod:`ingest.archive`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ingest._cutter import Sample
 from ingest._decoding import ErrorLog, decode
 from ingest._media import frame_rate, frame_to_rgb, rotation_from_frame, rotation_from_metadata, video_stream
 from ingest._timeline import Timeline
+from ingest.archive_writer import StreamArchiveWriter
 from ingest.clips import Clip, ClipSpec, build_clip, cutter_for
 from ingest.destinations import DestinationPolicy
 from ingest.errors import DestinationUnresolved, InvalidVideoError, StreamError
@@ -155,6 +158,7 @@ def iter_stream_clips(
     report: IngestReport | None = None,
     destinations: DestinationPolicy | None = None,
     resume: StreamResume | None = None,
+    archive: StreamArchiveWriter | None = None,
 ) -> Iterator[Clip]:
     """Yield clips of a live stream as they complete, until ``stop`` is set.
 
@@ -171,6 +175,8 @@ def iter_stream_clips(
             name re-pointed at a refused address is caught at the next connection (DNS rebinding). A refused
             destination ends the iteration at once; a name that does not resolve is one failed attempt.
         resume: continue a recording an earlier reader left (needs ``started_at``, the same recording second 0).
+        archive: receives every packet and frame as it is read, each connection and each outage, so the stream
+            is stored on disk as it is read (:mod:`ingest.archive`). The caller closes it after the iteration.
 
     Raises:
         InvalidVideoError: bad URL, or the stream is not acceptable video (no video stream, absurd size).
@@ -187,6 +193,7 @@ def iter_stream_clips(
         reconnect or ReconnectPolicy(),
         report if report is not None else IngestReport(),
         destinations,
+        archive,
     )
     if resume is not None:
         session.resume_from(resume)
@@ -205,8 +212,10 @@ class _Session:
         policy: ReconnectPolicy,
         report: IngestReport,
         destinations: DestinationPolicy | None = None,
+        archive: StreamArchiveWriter | None = None,
     ) -> None:
         self.stream_spec = stream_spec
+        self.archive = archive
         self.destinations = destinations
         self.spec = spec
         self.name = redact_url(stream_spec.url)
@@ -251,7 +260,11 @@ class _Session:
                 log.info("%s: connection attempt %d failed: %s", self.name, failures, last_error)
             else:
                 with container:
-                    delivered, reason = yield from self._read(container, connected)
+                    try:
+                        delivered, reason = yield from self._read(container, connected)
+                    finally:  # the connection's segment is closed whatever ended it (stop, drop, error)
+                        if self.archive is not None:
+                            self.archive.disconnect()
                 if self.stop.is_set():
                     break
                 self._note_drop(reason)
@@ -290,6 +303,8 @@ class _Session:
         stream.thread_type = "AUTO"
         if self.anchor is None:
             self.anchor = connected if self.started_at is None else self.started_at.timestamp()
+        if self.archive is not None:
+            self.archive.connect(stream, self._wall_origin())
         fps = frame_rate(stream)
         # Same sample interval, grid tolerance and gap threshold as iter_clips, from this connection's rate.
         self.interval = max(1.0 / self.spec.sample_fps, 1.0 / fps if fps > 0 else 0.0)
@@ -305,6 +320,8 @@ class _Session:
                 return delivered, "stopped"
             timeline = self._timeline_for(frame, stream, fps, connected, timeline)
             _, t, keep = timeline.step(frame.pts)
+            if self.archive is not None:
+                self.archive.frame(frame, timeline)
             index = self.frames_received  # frame indices continue across connections
             self.frames_received += 1
             if not delivered:
@@ -330,6 +347,8 @@ class _Session:
                 if self.stop.is_set():
                     return
                 if packet.size > 0:
+                    if self.archive is not None:
+                        self.archive.packet(packet)
                     yield packet
         except av.FFmpegError as exc:
             reason[0] = self._scrub(f"read failed: {exc}")
@@ -354,10 +373,13 @@ class _Session:
             return current
         assert self.anchor is not None
         after_last = self.last_t + (1.0 / fps if fps > 0 else self.interval) if self.last_t is not None else 0.0
+        # nor before what the archive holds: a reader that died archived frames past its last clip, and a camera
+        # that bursts on connect runs its frames ahead of the wall clock, so a quick reconnect could overlap them
+        archived = self.archive.archived_until if self.archive is not None else 0.0
         if current is None:  # a new connection: wall-clock position, but never before earlier frames
-            offset = max(connected - self.anchor, after_last, 0.0)
+            offset = max(connected - self.anchor, after_last, archived, 0.0)
         else:
-            offset = after_last
+            offset = max(after_last, archived)
             log.warning("%s: timestamps jumped back; continuing at %.2f s", self.name, offset)
         time_base = Fraction(stream.time_base) if stream.time_base is not None else None
         return Timeline(
@@ -375,6 +397,8 @@ class _Session:
         if self.last_t is None:
             return
         self.report.gaps.append((round(self.last_t, 6), round(first_t, 6)))
+        if self.archive is not None:
+            self.archive.gap(self.last_t, first_t)
         log.warning("%s: no video between %.2f s and %.2f s", self.name, self.last_t, first_t)
 
     def _note_drop(self, reason: str) -> None:

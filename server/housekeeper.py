@@ -1,5 +1,5 @@
-"""A thread in each API process that runs ``purge_expired`` at start-up and then every
-``WARDWATCH_PURGE_INTERVAL_MINUTES``.
+"""A thread in each API process that runs ``purge_expired`` and the retention of stopped streams' archives
+(``server.archive_retention.prune_stopped_archives``) at start-up and then every ``WARDWATCH_PURGE_INTERVAL_MINUTES``.
 
 Why a timer thread rather than a purge on every N-th sign-in: a purge then neither depends on traffic nor adds
 its work to a sign-in (already the slowest request, by design), and the start-up pass clears whatever piled up
@@ -13,6 +13,7 @@ import logging
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.archive_retention import prune_stopped_archives
 from server.background import BackgroundThread
 from server.db.session import session_scope
 from server.services.housekeeping import Purged, purge_expired
@@ -33,6 +34,12 @@ class Housekeeper(BackgroundThread):
             purged = purge_expired(session=session, settings=self.settings)
         if purged.sessions or purged.login_attempts:
             log.info("purged %s", purged)
+        try:  # streams no reader holds: their archives age out too (a live reader prunes its own)
+            removed = prune_stopped_archives(self.settings, self.factory)
+            if removed:
+                log.info("stream archive retention removed %d segment(s)", removed)
+        except Exception:  # noqa: BLE001 - the archives are tried again at the next pass
+            log.exception("stream archive retention failed")
         return purged
 
     def _run(self) -> None:

@@ -249,6 +249,8 @@ class EventPublic(_FromRow):
     clip_start: float | None = Field(default=None, description="recording seconds at 0 s of the review clip: "
                                                                "player time t is recording time clip_start + t")
     agreement: float | None = None
+    media_error: str | None = Field(default=None, description="why the review clip or the explanations are "
+                                                              "missing, when the source could not give them")
     room: str | None = Field(default=None, description="the recording's room")
     created_at: datetime
 

@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     stream_backoff_initial_seconds: float = Field(default=1.0, ge=0, description="first wait between attempts")
     stream_backoff_max_seconds: float = Field(default=30.0, ge=0, description="cap of the doubling wait")
     max_streams: int = Field(default=8, ge=1, description="live streams read at once; one more gets 429")
+    stream_archive: bool = Field(
+        default=True, description="store live streams on disk as they are read (review clips of stream events)")
+    stream_archive_segment_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="length of a stream archive segment file (closed at a keyframe)")
+    stream_archive_max_hours: float = Field(
+        default=24.0, ge=0, description="stream archive segments older than this are removed, unless an event "
+                                        "needs them (unreviewed, or its clip not cut yet); 0: no age limit")
+    stream_archive_max_bytes: int = Field(
+        default=20 * 1024**3, ge=0, description="per stream: oldest segments are removed beyond this, unless an "
+                                                "event needs them; 0: no size limit")
     filename_time_pattern: str | None = Field(
         default=None, description="strftime pattern of the start time in file names, e.g. %Y%m%d_%H%M%S (UTC)")
     admin_token: str | None = Field(default=None, description="retired: refused at start-up (see _retired)")
@@ -320,6 +330,10 @@ class Settings(BaseSettings):
         return ReconnectPolicy(initial_delay=self.stream_backoff_initial_seconds,
                                max_delay=self.stream_backoff_max_seconds,
                                max_attempts=self.stream_max_reconnects or None)
+
+    def stream_archive_dir(self, recording_id: int) -> Path:
+        """Where the live stream of ``recording_id`` is archived (segments and ``index.jsonl``)."""
+        return self.media_dir / "recordings" / str(recording_id) / "archive"
 
     @property
     def quarantine_dir(self) -> Path:

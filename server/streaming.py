@@ -1,17 +1,21 @@
 """Live streams: ``POST /recordings {"url": ...}`` -> clips committed as they complete -> events as they close.
 
 The stream is read by ``ingest.stream.iter_stream_clips`` (reconnects with a bounded, doubling backoff; each
-outage is a gap; the destination policy is checked before every connection; docs/streams.md). Each
-clip is scored and committed at once. An event is stored as soon as it can no longer grow (its end lies more
-than the merge gap behind the newest clip), with explanations rendered from the clip frames kept in memory:
-a stream's frames are not on disk to be read again, so live events have no review clip. Stopping is a status
-change on the job (``POST /recordings/{id}/stop``), polled once a second.
+outage is a gap; the destination policy is checked before every connection; docs/streams.md) and archived to
+disk as it is read (``server.stream_archive``: rolling segment files and their index). Each clip is scored and
+committed at once. An event is stored as soon as it can no longer grow (its end lies more than the merge gap
+behind the newest clip), with explanations rendered from the clip frames kept in memory (from the archive for
+clips no longer held); its review clip is cut from the archive once the segments holding its window are closed.
+Stopping is a status change on the job (``POST /recordings/{id}/stop``), polled once a second.
 
 The job is leased while it is read (``server.job_lease``). When its reader dies (server restart, worker
 killed), the sweeper or the next start-up re-queues the job and a new reader resumes the recording: clip
-indices and recording seconds continue after the clips already committed, the outage is a gap, and the events
-already stored are not stored again. An event still open at the crash whose frames were only in the dead
-reader's memory is stored without explanations.
+indices and recording seconds continue after the clips already committed, the outage is a gap (in the job, the
+recording's warnings and the archive's index), the archive continues after the segment the dead reader left
+(recovered up to its last complete packet), and the events already stored are not stored again. An event still
+open at the crash is explained from the archive; the clips the dead reader had not cut are cut by the new one.
+When the archive cannot give an event's media (a segment corrupt, truncated or gone), the event is stored all the
+same with the reason in ``event.media_error``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sqlalchemy import select
 from ingest.clips import Clip as IngestClip
 from ingest.clips import IngestReport
 from ingest.errors import IngestError
-from ingest.stream import StreamResume, StreamSpec, iter_stream_clips, scrub
+from ingest.stream import StreamResume, StreamSpec, iter_stream_clips, redact_url, scrub
 from model.events import DetectedEvent, detect_events
 from model.inference import ClipScorer
 from server.db.base import utcnow
@@ -61,7 +65,9 @@ from server.services.jobs import (
 )
 from server.services.models import get_active_model
 from server.services.recordings import mark_failed
+from server.services.stream_archive import note_media_error
 from server.services.streams import STREAM_KIND, stream_url
+from server.stream_archive import StreamArchive
 
 __all__ = ["STREAM_KIND", "refuse_stream", "run_stream"]
 
@@ -149,7 +155,21 @@ def _resume_point(session, recording_id: int, version_id: int,  # type: ignore[n
 def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, loaded, version_id: int,  # type: ignore[no-untyped-def]
           class_names: list[str], started_at, run: ScoreRun, report: IngestReport,
           resume: StreamResume | None, emitted: set[tuple[str, float]]) -> None:
-    """Read, score and commit until stopped; then store the last events and the outcome."""
+    """Read, archive, score and commit until stopped; then store the last events and the outcome."""
+    archive = StreamArchive.open(ctx.settings, ctx.session_factory, recording_id, report=report,
+                                 name=redact_url(url))
+    try:
+        _read_archived(ctx, recording_id, lease, url, loaded, version_id, class_names, started_at, run, report,
+                       resume, emitted, archive)
+    except BaseException:
+        if archive is not None:  # the job went to another reader, or this one failed: it stops writing now
+            archive.abandon()
+        raise
+
+
+def _read_archived(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, loaded,  # type: ignore[no-untyped-def]
+                   version_id: int, class_names: list[str], started_at, run: ScoreRun, report: IngestReport,
+                   resume: StreamResume | None, emitted: set[tuple[str, float]], archive: StreamArchive | None) -> None:
     stop = threading.Event()
     threading.Thread(target=_watch_for_stop, args=(ctx, lease, stop), daemon=True,
                      name=f"wardwatch-stopwatch-{recording_id}").start()
@@ -160,11 +180,13 @@ def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, load
     # stream reader paces itself and is closed by this thread when the stream is stopped
     scorer = ClipScorer(loaded, batch_size=1, options=replace(inference_options(ctx.settings), prefetch_batches=0))
     error: str | None = None
+    clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,
+                              stop=stop, reconnect=ctx.settings.stream_reconnect(), report=report,
+                              destinations=ctx.settings.stream_destinations(), resume=resume,
+                              archive=archive.writer if archive is not None else None)
+    scored = scorer.score(clips)
     try:
-        clips = iter_stream_clips(StreamSpec(url), clip_spec_for(loaded, ctx.settings), started_at=started_at,
-                                  stop=stop, reconnect=ctx.settings.stream_reconnect(), report=report,
-                                  destinations=ctx.settings.stream_destinations(), resume=resume)
-        for clip, probs in scorer.score(clips):
+        for clip, probs in scored:
             position = len(run.starts)
             frames.append((position, clip))
             flush_clips(ctx, [record_clip(run, clip, probs, recording_id, version_id, class_names)], lease, 0.0)
@@ -173,7 +195,7 @@ def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, load
                 with session_scope(ctx.session_factory) as session:
                     lease.renew(session, result={"gaps": [list(g) for g in report.gaps]})
             _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule,
-                         final=False, loaded=loaded)
+                         final=False, loaded=loaded, archive=archive)
     except LeaseLost:
         raise
     except IngestError as exc:  # the stream's own end: refused destination, budget spent, not video
@@ -185,9 +207,15 @@ def _read(ctx: WorkerContext, recording_id: int, lease: JobLease, url: str, load
                   scrub("".join(traceback.format_exception(exc)), url))
     finally:
         stop.set()
+        scored.close()  # the connection is closed now, not when the generators are collected
+        clips.close()
     lease.check()  # stopped because another reader has the job: it stores the rest
+    if archive is not None:
+        archive.close_writer()  # the last segment is readable from here on
     _emit_closed(ctx, recording_id, version_id, class_names, started_at, run, frames, emitted, rule, final=True,
-                 loaded=loaded)
+                 loaded=loaded, archive=archive)
+    if archive is not None:
+        archive.finish()  # every review clip cut before the job ends
     _finish(ctx, recording_id, lease, run, report, error, url=url)
 
 
@@ -232,40 +260,63 @@ def refuse_stream(ctx: WorkerContext, recording_id: int, job_id: int, reason: st
 
 def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_names: list[str], started_at,  # type: ignore[no-untyped-def]
                  run: ScoreRun, frames: deque[tuple[int, IngestClip]], emitted: set[tuple[str, float]], rule,
-                 *, final: bool, loaded) -> None:
-    """Store events that can no longer grow (all of them when the stream ended)."""
+                 *, final: bool, loaded, archive: StreamArchive | None = None) -> None:
+    """Store events that can no longer grow (all of them when the stream ended); queue their review clips."""
     if not run.starts:
         return
     newest = run.ends[-1]
     found = detect_events(run.starts, run.ends, np.stack(run.scores), class_names, rule)
     ready = [e for e in found if (final or e.end < newest - rule.merge_gap) and (e.label, e.start) not in emitted]
+    if archive is not None and not final:  # what the archive must keep for events still open: any of any length
+        # (one still shorter than the minimum duration may grow into one), and whatever the next clip starts
+        growing = detect_events(run.starts, run.ends, np.stack(run.scores), class_names, replace(rule, min_duration=0))
+        still_open = [e.start for e in growing if e.end >= newest - rule.merge_gap]
+        archive.hold_from = max(0.0, min([*still_open, run.starts[-1]]) - ctx.settings.review_clip_pre_seconds)
     if not ready:
         return
     buffered = dict(frames)
+    size = tuple(loaded.input_spec.size)
+    problems: list[str] = []
 
     def render_for(event: DetectedEvent):  # type: ignore[no-untyped-def]
         def render(peak: int, clips: list[int], label_index: int, out_dir: Path) -> RenderedEvent | None:
-            if peak not in buffered:  # e.g. the peak came before a restart: explain the best clip still held
-                held = [i for i in event.clip_indices if i in buffered]
-                if not held:
-                    log.warning("stream of recording %s: the frames of the %s event at %.1f s were lost with its "
-                                "reader; stored without explanations", recording_id, event.label, event.start)
+            # the model-size frames of the clips to explain: from memory, else from the archive (a restart, or an
+            # event longer than the memory holds), each segment decoded once
+            wanted = [i for i in dict.fromkeys([peak, *clips]) if i not in buffered]
+            archived = archive.clip_frames({i: run.timestamps[i] for i in wanted}, size, problems) \
+                if archive is not None else {}
+            held = {i: buffered[i].frames for i in buffered} | archived
+            if peak not in held:  # e.g. the peak came before a restart: explain the best clip still held
+                candidates = [i for i in event.clip_indices if i in held]
+                if not candidates:
+                    log.warning("stream of recording %s: the frames of the %s event at %.1f s are lost; stored "
+                                "without explanations", recording_id, event.label, event.start)
                     return None
-                peak = max(held, key=lambda i: float(run.scores[i][label_index]))
-            clip = buffered[peak]
-            # maps of the event's clips still in the buffer (all of them unless the event outlasted the buffer)
-            map_clips = [ClipFrames(buffered[i].index, list(run.timestamps[i]), buffered[i].frames)
-                         for i in clips if i in buffered]
-            height, width = clip.frames.shape[1:3]
-            return render_frames_media(loaded=loaded, model_frames=clip.frames, display_frames=clip.frames,
+                peak = max(candidates, key=lambda i: float(run.scores[i][label_index]))
+            peak_frames = held[peak]
+            map_clips = [ClipFrames(i, list(run.timestamps[i]), held[i]) for i in clips if i in held]
+            height, width = peak_frames.shape[1:3]
+            return render_frames_media(loaded=loaded, model_frames=peak_frames, display_frames=peak_frames,
                                        timestamps=list(run.timestamps[peak]), label_index=label_index,
                                        out_dir=out_dir, methods=tuple(ctx.settings.explain_methods),
-                                       map_clips=map_clips, peak_index=clip.index,
+                                       map_clips=map_clips, peak_index=peak,
                                        maps_size=map_size(width, height))
         return render
 
+    stored: list[tuple[int, float, float]] = []
     with session_scope(ctx.session_factory) as session:
         for event in ready:
-            store_event(ctx, session, recording_id, version_id, event, run, class_names, started_at,
-                        render_for(event), None)
+            problems.clear()
+            row = store_event(ctx, session, recording_id, version_id, event, run, class_names, started_at,
+                              render_for(event), None)
+            if row.key_frame_path is None:
+                reason = "; ".join(problems) if problems else "its frames were lost with the reader that died"
+                note_media_error(session=session, event_id=row.id, error=f"no explanations: {reason}")
+            elif problems:  # explained, but some of its clips' maps could not be made
+                note_media_error(session=session, event_id=row.id,
+                                 error=f"explanation maps incomplete: {'; '.join(problems)}")
+            stored.append((row.id, event.start, event.end))
             emitted.add((event.label, event.start))
+    if archive is not None:
+        for event_id, start, end in stored:
+            archive.add(event_id, start, end)

@@ -167,6 +167,8 @@ class Event(Base):
     clip_path: Mapped[str | None] = mapped_column(Text, doc="browser-playable review clip, relative")
     clip_start: Mapped[float | None] = mapped_column(Float, doc="recording seconds at the review clip's 0 s")
     maps_path: Mapped[str | None] = mapped_column(Text, doc="per-frame explanation maps (maps.npz), relative")
+    media_error: Mapped[str | None] = mapped_column(
+        Text, doc="why the review clip or explanations are missing (a live stream's archive could not give them)")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")

@@ -51,9 +51,10 @@ def test_live_stream_until_stopped(tmp_path: Path, ward_video) -> None:  # type:
             assert final["started_at"] is not None
             assert client.post(f"/api/v1/recordings/{recording['id']}/stop").status_code == 409
             events = client.get("/api/v1/events", params={"recording": recording["id"]}).json()
-            for event in events["data"]:  # live events carry explanations but no review clip
-                assert event["clip_url"] is None and event["key_frame_url"]
+            for event in events["data"]:  # live events carry explanations and a review clip cut from the archive
+                assert event["clip_url"] and event["clip_start"] is not None and event["key_frame_url"]
                 assert client.get(f"/api/v1/events/{event['id']}/explanations").json()["count"] == 3
+                assert client.get(event["clip_url"]).status_code == 200
     finally:
         server.kill()
         server.wait()
