@@ -6,7 +6,7 @@ truncated, missing or already removed), or the frames an event needs to be expla
 on the event instead of the event being lost or showing nothing. Nullable: no error for every existing row.
 
 Revision ID: 0013_stream_archive
-Revises: 0010
+Revises: 0012_brokers
 Create Date: 2026-12-07 10:00:00.000000
 """
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013_stream_archive"
-down_revision: str | None = "0010"
+down_revision: str | None = "0012_brokers"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
