@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,11 +47,6 @@ from server.worker.segments import committed_run, load_target
 
 log = logging.getLogger(__name__)
 
-#: Explanations run the shared model with hooks on its modules: one rendering at a time per process (the
-#: batcher scores with a copy of its own, so scoring goes on meanwhile).
-RENDER_LOCK = threading.Lock()
-
-
 def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobLease | None,
              warnings: list[str]) -> None:
     """Derive, explain and store the recording's events from its committed clips; close the recording (scored,
@@ -79,8 +73,7 @@ def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobL
         out = staging / str(number)
         label_index = target.class_names.index(found.label)
         peak = peak_of(found, run, label_index)
-        with RENDER_LOCK:
-            media = render(peak, event_clips(run.starts, run.ends, found.start, found.end, peak), label_index, out)
+        media = render(peak, event_clips(run.starts, run.ends, found.start, found.end, peak), label_index, out)
         clip = export(found.start, found.end, out / "clip.mp4") if media is not None and export is not None else None
         staged.append((found, out, media, clip))
         if lease is not None:
