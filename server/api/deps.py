@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.api.admission import DatabaseAdmission
+from server.services.token_cache import TokenCache
 from server.settings import Settings
 from server.worker.dispatch import Dispatcher
 
@@ -55,9 +56,14 @@ async def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+async def _token_cache(request: Request) -> TokenCache:
+    return request.app.state.token_cache
+
+
 #: a route that opens sessions itself (readiness) still waits for a database slot: ``Depends(DatabaseSlot)``
 DatabaseSlot = _database_slot
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(_session_factory)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
+TokenCacheDep = Annotated[TokenCache, Depends(_token_cache)]

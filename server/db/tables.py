@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from server.db.access_tables import BigId
 from server.db.base import Base, utcnow
 
 
@@ -128,6 +129,8 @@ class Event(Base):
         Index("ix_event_status_start_wall_id", "status", "start_wall", "id"),
         Index("ix_event_status_peak_score_id", "status", "peak_score", "id"),
         Index("ix_event_source_start_wall_id", "source", "start_wall", "id"),
+        # label + time range: the page in order, and its per-status counts from the index alone (migration 0014)
+        Index("ix_event_label_start_wall_id_status", "label", "start_wall", "id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -157,6 +160,9 @@ class Event(Base):
     clip_path: Mapped[str | None] = mapped_column(Text, doc="browser-playable review clip, relative")
     clip_start: Mapped[float | None] = mapped_column(Float, doc="recording seconds at the review clip's 0 s")
     maps_path: Mapped[str | None] = mapped_column(Text, doc="per-frame explanation maps (maps.npz), relative")
+    agreement: Mapped[float | None] = mapped_column(
+        Float, doc="the explanations' ATCON agreement (the first that has one), set with them "
+                   "(server.services.explanations): the queue shows it without loading them (migration 0014)")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")
@@ -178,6 +184,22 @@ class Explanation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     event: Mapped[Event] = relationship(back_populates="explanations")
+
+
+class EventStatusDelta(Base):
+    """Changes to the number of events per status, written by database triggers on ``event`` (insert, delete, a
+    status change; migration 0014) and folded together now and then: the sum per status is the queue's
+    unfiltered counts without counting 100,000 rows on every request (``server.services.event_counts``).
+
+    Append-only deltas, never a counter row updated in place: concurrent reviews would queue on that row's lock
+    (and could deadlock against a recording's cascading delete).
+    """
+
+    __tablename__ = "event_status_delta"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class Job(Base):
@@ -210,12 +232,22 @@ class Job(Base):
 
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.
-from server.db.access_tables import ApiToken, AuditLog, LoginAttempt, Outcome, Role, User, UserSession  # noqa: E402
+from server.db.access_tables import (  # noqa: E402
+    ApiToken,
+    AuditLog,
+    AuthEpoch,
+    LoginAttempt,
+    Outcome,
+    Role,
+    User,
+    UserSession,
+)
 from server.db.review_tables import EventReview, ReviewDecision  # noqa: E402
 from server.db.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookSubscription  # noqa: E402
 
 __all__ = [
-    "ApiToken", "AuditLog", "Clip", "Event", "EventReview", "EventStatus", "Explanation", "Job", "JobStatus",
+    "ApiToken", "AuditLog", "AuthEpoch", "Clip", "Event", "EventReview", "EventStatus", "EventStatusDelta",
+    "Explanation", "Job", "JobStatus",
     "LoginAttempt", "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "ReviewDecision", "Role",
     "User", "UserSession", "WebhookAttempt", "WebhookDelivery", "WebhookSubscription",
 ]
