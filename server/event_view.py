@@ -21,8 +21,9 @@ _SHOWN = ("id", "recording_id", "label", "start", "end", "start_wall", "end_wall
 _MEDIA = ("key_frame_path", "clip_path", "clip_start")
 
 #: the columns a queue page selects: a page is built from plain rows, never 50 ORM objects and their relations
+#: (table columns, not mapped attributes, so the statement runs as plain SQL without the ORM's result machinery)
 PUBLIC_COLUMNS: tuple[ColumnElement[Any], ...] = (
-    *(getattr(Event, name) for name in (*_SHOWN, *_MEDIA)), Recording.room.label("room"))
+    *(Event.__table__.c[name] for name in (*_SHOWN, *_MEDIA)), Recording.__table__.c.room.label("room"))
 
 
 def event_fields(row: Mapping[str, Any]) -> dict[str, Any]:

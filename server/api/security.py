@@ -15,7 +15,6 @@ then).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from starlette.routing import BaseRoute
 
 from server.api.auditing import API_PREFIX, audit_target, request_info
 from server.api.authentication import authenticate
-from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep, TokenCacheDep
+from server.api.deps import BEFORE_COMMIT, SessionDep, SessionFactoryDep, SettingsDep, TokenCacheDep
 from server.db.access_tables import AuditLog, Outcome
 from server.db.session import session_scope
 from server.security.credentials import same
@@ -103,7 +102,7 @@ class Guard:
         self.own_transaction = own_transaction
 
     def __call__(self, request: Request, session: SessionDep, factory: SessionFactoryDep,
-                 settings: SettingsDep, tokens: TokenCacheDep) -> Iterator[Access]:
+                 settings: SettingsDep, tokens: TokenCacheDep) -> Access:
         target = audit_target(request)
         request.state.audit_target = target
         if self.own_transaction:
@@ -123,11 +122,12 @@ class Guard:
         access = Access(principal=principal, target=target, info=request_info(request))
         request.state.access = access
         audited = request.method in UNSAFE_METHODS or any(p in AUDITED_READS for p in self.permissions)
-        yield access
-        # Only reached when the route returned (an exception is audited as a refusal instead), and before the
-        # request's session commits (scope="function"): the entry commits with the action or not at all.
-        if audited and not self.own_transaction and not access.recorded:
-            access.record_now(session, _declared_status(request))
+        if audited and not self.own_transaction:
+            # Run only when the route returned (an exception is audited as a refusal instead), in the request's
+            # transaction just before it commits: the entry commits with the action or not at all.
+            session.info.setdefault(BEFORE_COMMIT, []).append(
+                lambda done: access.record_now(done, _declared_status(request)))
+        return access
 
 
 def _forbidden(principal: Principal, permission: Permission) -> str:

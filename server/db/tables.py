@@ -161,8 +161,9 @@ class Event(Base):
     clip_start: Mapped[float | None] = mapped_column(Float, doc="recording seconds at the review clip's 0 s")
     maps_path: Mapped[str | None] = mapped_column(Text, doc="per-frame explanation maps (maps.npz), relative")
     agreement: Mapped[float | None] = mapped_column(
-        Float, doc="the explanations' ATCON agreement (the first that has one), set with them "
-                   "(server.services.explanations): the queue shows it without loading them (migration 0014)")
+        Float, doc="the explanations' ATCON agreement (the first, by id, that has one), kept by database triggers "
+                   "on explanation (migration 0014): the queue shows it without loading them. Written by the "
+                   "database, so an Event loaded before its explanations were flushed needs a refresh to see it")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")

@@ -28,8 +28,8 @@ _FOLD_LOCK = 0x77770014  # pg_try_advisory_xact_lock key: one folder at a time
 
 def status_totals(*, session: Session) -> dict[str, int]:
     """Events per status value (statuses without events may be missing or 0)."""
-    rows = session.execute(select(EventStatusDelta.status, func.sum(EventStatusDelta.n), func.count())
-                           .group_by(EventStatusDelta.status)).all()
+    delta = EventStatusDelta.__table__.c  # a plain statement, without the ORM's machinery: read on most requests
+    rows = session.execute(select(delta.status, func.sum(delta.n), func.count()).group_by(delta.status)).all()
     if sum(int(count) for _status, _n, count in rows) > FOLD_AT:
         fold(session=session)
     return {str(status): int(n) for status, n, _count in rows}
@@ -41,10 +41,11 @@ def fold(*, session: Session) -> bool:
     if session.get_bind().dialect.name == "postgresql" and not session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _FOLD_LOCK}):
         return False
-    taken = session.execute(delete(EventStatusDelta).returning(EventStatusDelta.status, EventStatusDelta.n)).all()
+    table = EventStatusDelta.__table__
+    taken = session.execute(delete(table).returning(table.c.status, table.c.n)).all()
     sums: Counter[str] = Counter()
     for status, n in taken:
         sums[str(status)] += int(n)
     if sums:
-        session.execute(insert(EventStatusDelta), [{"status": s, "n": n} for s, n in sums.items()])
+        session.execute(insert(table), [{"status": s, "n": n} for s, n in sums.items()])
     return True

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, bindparam, tuple_
+from sqlalchemy import Column, ColumnElement, Select, bindparam, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from server.services.errors import InvalidInputError
 
 Row = TypeVar("Row")
 Key = tuple[Any, ...]
+SortKey = InstrumentedAttribute[Any] | Column[Any]  # a mapped attribute, or a table column (plain statements)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Page(Generic[Row]):
     next_key: Key | None  # the sort key of the last row when more rows follow; None: this is the last page
 
 
-def keyset_page(session: Session, query: Select[Any], *, keys: Sequence[InstrumentedAttribute[Any]], limit: int,
+def keyset_page(session: Session, query: Select[Any], *, keys: Sequence[SortKey], limit: int,
                 after: Key | None = None, nullable_lead: bool = False, rows_of_columns: bool = False) -> Page[Any]:
     """One page of ``query`` (a ``select(Entity)`` with its filters), ordered by ``keys`` descending, starting
     after the row whose key is ``after`` (None: the first page). Reads ``limit + 1`` rows to know whether
@@ -75,7 +76,7 @@ def id_page(session: Session, query: Select[Any], *, id_column: InstrumentedAttr
     return page.rows, page.next_key[0] if page.next_key is not None else None
 
 
-def _before(keys: Sequence[InstrumentedAttribute[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+def _before(keys: Sequence[SortKey], values: Sequence[Any]) -> ColumnElement[bool]:
     """``(k1, k2, ...) < (v1, v2, ...)``: a row comparison, which PostgreSQL matches to an index on the keys
     (SQLite 3.15+ has row values too). Values are bound with their column's type (times as the column
     stores them)."""

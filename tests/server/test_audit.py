@@ -122,6 +122,24 @@ def test_allowed_reads_of_jobs_users_and_tokens_are_recorded_with_status(app) ->
     assert "Smith" not in str(entry)  # the free-text note stays out of the trail
 
 
+def test_every_queue_read_is_recorded(app) -> None:  # type: ignore[no-untyped-def]
+    """The queue answers its pages itself (one validation, no second pass by FastAPI) and writes its entry as one
+    INSERT (issue 12): still one entry per read, committed before the answer, naming the query it answered."""
+    seed(app)
+    client = TestClient(app)
+    clinician = bearer(app, "clinician")
+    queries = [{"limit": 1}, {"status": "flagged", "limit": 50}, {"label": "fall", "limit": 2}, {"limit": 1}] * 3
+    answers = [client.get("/api/v1/events", params=query, headers=clinician) for query in queries]
+    assert [a.status_code for a in answers] == [200] * len(queries)
+    entries = {e["request_id"]: e for e in _entries(app, action="read_events")}
+    assert len(entries) == len(queries)
+    for query, answer in zip(queries, answers, strict=True):
+        entry = entries[answer.headers["x-request-id"]]
+        assert (entry["outcome"], entry["status_code"], entry["object_type"]) == ("allowed", 200, "event")
+        assert entry["detail"] == "&".join(f"{key}={value}" for key, value in query.items())
+        assert entry["username"] == "test-clinician" and entry["token_id"] is not None
+
+
 def test_a_rejected_upload_is_recorded_once_with_its_reason(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video\n" * 20)
