@@ -19,7 +19,8 @@ prints ``EXPLAIN ANALYZE`` of the statements one queue page sends. ``--profile``
 (``benchmarks/profile_server.py``, every thread) and prints where its CPU time went.
 
 Usage: ``.venv/bin/python benchmarks/load.py [--events 100000] [--clients 50] [--seconds 60] [--runs 1]
-[--open-rates 50,100] [--processes 1] [--repo DIR | --baseline DIR] [--explain] [--profile] [--keep]``.
+[--open-rates 50,100] [--processes 1] [--repo DIR | --baseline DIR] [--server-env KEY=VALUE] [--explain] [--profile]
+[--keep]``.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def _free_port() -> int:
 
 
 def _start_server(repo: Path, database_url: str, data_dir: Path, port: int, processes: int,
-                  log_path: Path, profile: Path | None = None) -> subprocess.Popen[bytes]:
+                  log_path: Path, profile: Path | None = None, extra_env: dict[str, str] | None = None
+                  ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(repo), "WARDWATCH_DATABASE_URL": database_url,
-           "WARDWATCH_DATA_DIR": str(data_dir), "WARDWATCH_AUTO_MIGRATE": "false", "OMP_NUM_THREADS": "1"}
+           "WARDWATCH_DATA_DIR": str(data_dir), "WARDWATCH_AUTO_MIGRATE": "false", "OMP_NUM_THREADS": "1",
+           **(extra_env or {})}
     runner = [str(ROOT / "benchmarks" / "profile_server.py"), str(profile)] if profile else ["-m", "server.cli"]
     command = [sys.executable, *runner, "serve", "--host", "127.0.0.1", "--port", str(port)]
     if processes > 1:
@@ -105,11 +108,11 @@ class Server:
 
 
 @contextmanager
-def serving(repo: Path, seeded: Seeded, data_dir: Path, processes: int,
-            profile: Path | None = None) -> Iterator[Server]:
+def serving(repo: Path, seeded: Seeded, data_dir: Path, processes: int, profile: Path | None = None,
+            extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     port = _free_port()
     log_path = data_dir / "server.log"
-    process = _start_server(repo, seeded.database_url, data_dir, port, processes, log_path, profile)
+    process = _start_server(repo, seeded.database_url, data_dir, port, processes, log_path, profile, extra_env)
     try:
         yield Server(repo, f"http://127.0.0.1:{port}", process, CpuMeter(process.pid, ADMIN, seeded.database_name))
     finally:
@@ -183,7 +186,7 @@ def compare(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call],
     results: dict[str, dict[float | None, list[Measured]]] = {name: defaultdict(list) for name in repos}
     for number, rate in enumerate(rates):
         for name, repo in repos.items():
-            with serving(repo, seeded, data_dir, args.processes) as server:
+            with serving(repo, seeded, data_dir, args.processes, extra_env=args.env) as server:
                 measured = measure(server, seeded, pick, clients=args.clients, seconds=args.seconds,
                                    seed=number + 1, rate=rate)
             kind = "closed loop" if rate is None else f"open loop, {rate:g} req/s offered"
@@ -209,8 +212,9 @@ def compare(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call],
 def single(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call], data_dir: Path) -> None:
     """One server; the closed-loop runs back to back, then the open-loop rates."""
     profile = data_dir / "profile.txt" if args.profile else None
-    with serving(args.repo.resolve(), seeded, data_dir, args.processes, profile) as server:
-        print(f"server: {args.repo} ({args.processes} process(es)), {args.clients} clients, {args.seconds:g} s "
+    with serving(args.repo.resolve(), seeded, data_dir, args.processes, profile, args.env) as server:
+        print(f"server: {args.repo} ({args.processes} process(es){', ' + str(args.env) if args.env else ''}), "
+              f"{args.clients} clients, {args.seconds:g} s "
               f"x {args.runs} closed-loop run(s), open-loop rates {list(args.open_rates) or 'none'}")
         if profile is not None:
             os.kill(server.process.pid, signal.SIGUSR1)
@@ -223,6 +227,11 @@ def single(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call], 
             print(verdict(measured, rate))
     if profile is not None:
         print("\n## server profile (yappi, CPU time, figures above slowed by it)\n" + profile.read_text())
+
+
+def _env(text: str) -> dict[str, str]:
+    key, _, value = text.partition("=")
+    return {key: value}
 
 
 def _rates(text: str) -> list[float]:
@@ -242,7 +251,10 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the queue's statements")
     parser.add_argument("--profile", action="store_true", help="the server under yappi")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
+    parser.add_argument("--server-env", type=_env, action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the server processes, e.g. WARDWATCH_API_THREADS=8 (repeatable)")
     args = parser.parse_args()
+    args.env = {key: value for item in args.server_env for key, value in item.items()}
 
     name, url = create_database(ADMIN)
     data_dir = Path(tempfile.mkdtemp(prefix="wardwatch-load-"))
