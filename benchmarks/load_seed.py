@@ -83,8 +83,11 @@ def seed(settings: Settings, database_name: str, *, events: int, recordings: int
     _copy_events(settings.sqlalchemy_url, rng, rec_ids, labels, version.id, newest, events)
     with engine.connect() as conn:
         first, last = conn.exec_driver_sql("SELECT min(id), max(id) FROM event").one()
-        conn.exec_driver_sql("ANALYZE")  # the planner's statistics, as autovacuum would leave them
         conn.commit()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # the planner's statistics and the visibility map, as autovacuum would leave them after a bulk load (and
+        # so autovacuum does not start on the fresh rows in the middle of a measured run)
+        conn.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
     return Seeded(database_url=settings.sqlalchemy_url, database_name=database_name, token=token,
                   event_ids=(int(first), int(last)), labels=labels, newest=newest)
