@@ -76,20 +76,20 @@ def read_events(
 
 
 @router.get("/events/{event_id}", response_model=EventPublic)
-def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> EventPublic:
-    return event_public(get_event(session=session, event_id=event_id))
+def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> Response:
+    return json_response(event_public(get_event(session=session, event_id=event_id)))  # validated once
 
 
 @router.post("/events/{event_id}/review", response_model=EventPublic,
              responses={422: {"description": "bad input, or a relabel to a label the event's model does not have"}})
-def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> EventPublic:
+def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> Response:
     """Confirm, reject or relabel an event. Each review is added to the event's history
     (``GET .../reviews``); the event shows the latest one. A relabel names one of the classes of the model
     version that flagged the event. The reviewer is the signed-in clinician."""
     # the trail names the decision and label; the note is free text (it may hold patient details), so not
     access.note(detail=f"decision={review.decision}" + (f" label={review.label}" if review.label else ""))
-    return event_public(review_event(session=session, event_id=event_id, review=review,
-                                     reviewer=access.principal))
+    return json_response(event_public(review_event(session=session, event_id=event_id, review=review,
+                                                   reviewer=access.principal)))
 
 
 @router.post("/events/{event_id}/review/undo", response_model=EventPublic,
@@ -97,7 +97,7 @@ def post_review(session: SessionDep, access: Review, event_id: IdPath, review: R
                         409: {"description": "no review to undo, the latest review is someone else's, or the named "
                                              "review is already undone or no longer the latest"}})
 def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
-                     undo: Annotated[UndoIn | None, Body()] = None) -> EventPublic:
+                     undo: Annotated[UndoIn | None, Body()] = None) -> Response:
     """Take back your latest review of the event, if it is still the event's latest: the event returns to
     the review before it (or to flagged). The history keeps the undone review, marked undone.
 
@@ -107,7 +107,7 @@ def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
                               review_id=undo.review_id if undo is not None else None)
     access.note(detail=f"undid decision; now status={event.status.value}"
                        + (f" label={event.reviewed_label}" if event.reviewed_label else ""))
-    return event_public(event)
+    return json_response(event_public(event))
 
 
 @router.get("/events/{event_id}/reviews", response_model=EventReviewsPublic)
