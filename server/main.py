@@ -34,6 +34,7 @@ from server.observability import exposition
 from server.observability.http_metrics import HttpMetricsMiddleware
 from server.pipeline import WorkerContext
 from server.services.errors import ConflictError, InvalidInputError, NotFoundError
+from server.services.token_cache import TokenCache
 from server.services.upload_staging import clean_dead_uploads
 from server.services.webhook_outbox import send_after_commit
 from server.settings import Settings, get_settings
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = factory
     app.state.dispatcher = dispatcher
     app.state.worker_context = context
+    app.state.token_cache = TokenCache()  # token look-ups, dropped when a credential changes (issue 12)
     # never more requests on the database than connections in the pool or threads to run them
     admission = DatabaseAdmission(min(settings.api_threads, settings.pool_size), settings.db_pool_timeout_seconds)
     app.state.db_admission = admission

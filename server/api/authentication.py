@@ -2,6 +2,8 @@
 
 A token in the ``Authorization`` header wins over a cookie; any credential that does not resolve to an active
 account is a 401 with the ``WWW-Authenticate: Bearer`` challenge (RFC 6750), never a fallback to the other.
+Token look-ups go through the process's ``TokenCache`` (``server.services.token_cache``: a revoked token is
+refused on the next request).
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from datetime import timedelta
 from fastapi import HTTPException, Request
 from sqlalchemy.orm import Session
 
-from server.security.permissions import Scope
 from server.security.principal import Principal
-from server.services.api_tokens import resolve_token
 from server.services.browser_sessions import resolve_session
+from server.services.token_cache import TokenCache
 from server.services.users import may_act
 from server.settings import Settings
 
@@ -30,19 +31,17 @@ def unauthorized(detail: str, *, error: str | None = None, clear_cookie: bool = 
     return HTTPException(401, detail=detail, headers=headers)
 
 
-def authenticate(request: Request, session: Session, settings: Settings) -> Principal:
+def authenticate(request: Request, session: Session, settings: Settings, tokens: TokenCache) -> Principal:
     """The caller, from a bearer token or the session cookie; 401 otherwise."""
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise unauthorized("send the API token as 'Authorization: Bearer <token>'", error="invalid_request")
-        token = resolve_token(session=session, secret=secret.strip(), production=settings.production)
-        if token is None:
+        principal = tokens.resolve(session=session, secret=secret.strip(), production=settings.production)
+        if principal is None:
             raise unauthorized("invalid, expired or revoked token", error="invalid_token")
-        scopes = frozenset(Scope(s) for s in token.scopes if s in Scope._value2member_map_)
-        return Principal(user_id=token.user.id, username=token.user.username, role=token.user.role,
-                         token_id=token.id, scopes=scopes)
+        return principal
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         row = resolve_session(session=session, session_id=cookie,

@@ -1,4 +1,5 @@
-"""gzip for the few large JSON answers (the per-frame maps: base64 of heat maps shrinks about threefold).
+"""JSON answers a route builds itself: gzip for the few large ones (the per-frame maps: base64 of heat maps
+shrinks about threefold), and pages validated once (the review queue).
 
 Per route rather than app-wide middleware: a middleware would also compress the range answers of the review
 clips, whose Content-Range counts bytes of the file, not of a compressed body.
@@ -23,6 +24,12 @@ def json_answer(request: Request, body: BaseModel) -> Response:
         data = gzip.compress(data, compresslevel=6)
         headers["Content-Encoding"] = "gzip"
     return Response(content=data, media_type="application/json", headers=headers)
+
+
+def json_response(body: BaseModel) -> Response:
+    """``body`` as JSON, as it is: for a route that built and validated its answer itself, so FastAPI does not
+    validate it again (in another worker-thread hop, for a sync route) before serialising it."""
+    return Response(content=body.model_dump_json(), media_type="application/json")
 
 
 def _accepts_gzip(header: str) -> bool:

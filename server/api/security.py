@@ -15,9 +15,8 @@ then).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
@@ -26,13 +25,13 @@ from starlette.routing import BaseRoute
 
 from server.api.auditing import API_PREFIX, audit_target, request_info
 from server.api.authentication import authenticate
-from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
+from server.api.deps import BEFORE_COMMIT, SessionDep, SessionFactoryDep, SettingsDep, TokenCacheDep
 from server.db.access_tables import AuditLog, Outcome
 from server.db.session import session_scope
 from server.security.credentials import same
 from server.security.permissions import AUDITED_READS, EXPORT_BY_WEBHOOK, PERMISSIONS, Permission, is_allowed
 from server.security.principal import Principal
-from server.services.audit import AuditTarget, RequestInfo, audit_entry, record
+from server.services.audit import AuditTarget, RequestInfo, audit_values, record
 
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -54,12 +53,18 @@ class Access:
 
     def entry(self, *, outcome: Outcome = Outcome.allowed, object_id: object | None = None,
               status_code: int | None = None, detail: str | None = None) -> AuditLog:
+        """The entry as a row object, for a route that completes and records it itself (uploads)."""
+        return AuditLog(**self.values(outcome=outcome, object_id=object_id, status_code=status_code,
+                                      detail=detail))
+
+    def values(self, *, outcome: Outcome = Outcome.allowed, object_id: object | None = None,
+               status_code: int | None = None, detail: str | None = None) -> dict[str, Any]:
         target = self.target
         object_id = object_id if object_id is not None else self.object_id
         if object_id is not None:
             target = AuditTarget(target.action, target.object_type, str(object_id), target.detail)
-        return audit_entry(principal=self.principal, target=target, info=self.info, outcome=outcome,
-                           status_code=status_code, detail=detail if detail is not None else self.detail)
+        return audit_values(principal=self.principal, target=target, info=self.info, outcome=outcome,
+                            status_code=status_code, detail=detail if detail is not None else self.detail)
 
     def note(self, *, object_id: object | None = None, detail: str | None = None) -> None:
         """What the allowed entry should name: the record the route made, what it decided (never free text
@@ -73,7 +78,7 @@ class Access:
         """Write the allowed entry now, for a route that commits before it returns (so the entry is in the
         same transaction as the change)."""
         if not self.recorded:
-            record(session=session, entry=self.entry(status_code=status_code))
+            record(session=session, entry=self.values(status_code=status_code))
             self.recorded = True
 
 
@@ -97,14 +102,14 @@ class Guard:
         self.own_transaction = own_transaction
 
     def __call__(self, request: Request, session: SessionDep, factory: SessionFactoryDep,
-                 settings: SettingsDep) -> Iterator[Access]:
+                 settings: SettingsDep, tokens: TokenCacheDep) -> Access:
         target = audit_target(request)
         request.state.audit_target = target
         if self.own_transaction:
             with session_scope(factory) as short:
-                principal = authenticate(request, short, settings)
+                principal = authenticate(request, short, settings, tokens)
         else:
-            principal = authenticate(request, session, settings)
+            principal = authenticate(request, session, settings, tokens)
         request.state.principal = principal
         if principal.via_cookie and request.method in UNSAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER)
@@ -117,11 +122,12 @@ class Guard:
         access = Access(principal=principal, target=target, info=request_info(request))
         request.state.access = access
         audited = request.method in UNSAFE_METHODS or any(p in AUDITED_READS for p in self.permissions)
-        yield access
-        # Only reached when the route returned (an exception is audited as a refusal instead), and before the
-        # request's session commits (scope="function"): the entry commits with the action or not at all.
-        if audited and not self.own_transaction and not access.recorded:
-            access.record_now(session, _declared_status(request))
+        if audited and not self.own_transaction:
+            # Run only when the route returned (an exception is audited as a refusal instead), in the request's
+            # transaction just before it commits: the entry commits with the action or not at all.
+            session.info.setdefault(BEFORE_COMMIT, []).append(
+                lambda done: access.record_now(done, _declared_status(request)))
+        return access
 
 
 def _forbidden(principal: Principal, permission: Permission) -> str:

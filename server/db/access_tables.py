@@ -85,6 +85,19 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
+class AuthEpoch(Base):
+    """One row whose ``value`` database triggers raise whenever a credential may have stopped being good: an API
+    token revoked, its expiry or scopes changed, a user disabled or given another role, either deleted (migration
+    0014). Every API process caches token look-ups (``server.services.token_cache``) and reads this one value per
+    request: a changed value empties its cache, so a revocation takes effect on the next request in every
+    process, however it was made (REST, CLI, or SQL by hand)."""
+
+    __tablename__ = "auth_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class LoginAttempt(Base):
     """One sign-in try, kept in the database so throttling holds across API processes."""
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from server.db.access_tables import BigId
 from server.db.base import Base, utcnow
 
 
@@ -138,6 +139,8 @@ class Event(Base):
         # are not the model's and may repeat.
         Index("uq_event_model_run", "recording_id", "model_version_id", "label", "start", unique=True,
               sqlite_where=text("source = 'model'"), postgresql_where=text("source = 'model'")),
+        # label + time range: the page in order, and its per-status counts from the index alone (migration 0014)
+        Index("ix_event_label_start_wall_id_status", "label", "start_wall", "id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -169,6 +172,10 @@ class Event(Base):
     maps_path: Mapped[str | None] = mapped_column(Text, doc="per-frame explanation maps (maps.npz), relative")
     media_error: Mapped[str | None] = mapped_column(
         Text, doc="why the review clip or explanations are missing (a live stream's archive could not give them)")
+    agreement: Mapped[float | None] = mapped_column(
+        Float, doc="the explanations' ATCON agreement (the first, by id, that has one), kept by database triggers "
+                   "on explanation (migration 0014): the queue shows it without loading them. Written by the "
+                   "database, so an Event loaded before its explanations were flushed needs a refresh to see it")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recording: Mapped[Recording] = relationship(back_populates="events")
@@ -190,6 +197,22 @@ class Explanation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     event: Mapped[Event] = relationship(back_populates="explanations")
+
+
+class EventStatusDelta(Base):
+    """Changes to the number of events per status, written by database triggers on ``event`` (insert, delete, a
+    status change; migration 0014) and folded together now and then: the sum per status is the queue's
+    unfiltered counts without counting 100,000 rows on every request (``server.services.event_counts``).
+
+    Append-only deltas, never a counter row updated in place: concurrent reviews would queue on that row's lock
+    (and could deadlock against a recording's cascading delete).
+    """
+
+    __tablename__ = "event_status_delta"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class Job(Base):
@@ -234,12 +257,22 @@ class Job(Base):
 
 
 # Access control and audit tables live in their own module; re-exported so `server.db.tables` registers them all.
-from server.db.access_tables import ApiToken, AuditLog, LoginAttempt, Outcome, Role, User, UserSession  # noqa: E402
+from server.db.access_tables import (  # noqa: E402
+    ApiToken,
+    AuditLog,
+    AuthEpoch,
+    LoginAttempt,
+    Outcome,
+    Role,
+    User,
+    UserSession,
+)
 from server.db.review_tables import EventReview, ReviewDecision  # noqa: E402
 from server.db.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookSubscription  # noqa: E402
 
 __all__ = [
-    "ApiToken", "AuditLog", "Clip", "Event", "EventReview", "EventStatus", "Explanation", "Job", "JobStatus",
+    "ApiToken", "AuditLog", "AuthEpoch", "Clip", "Event", "EventReview", "EventStatus", "EventStatusDelta",
+    "Explanation", "Job", "JobStatus",
     "LoginAttempt", "ModelState", "ModelVersion", "Outcome", "Recording", "RecordingStatus", "ReviewDecision", "Role",
     "User", "UserSession", "WebhookAttempt", "WebhookDelivery", "WebhookSubscription",
 ]

@@ -15,6 +15,9 @@ from server.security.permissions import Scope, usable_scopes
 from server.services.errors import NotFoundError
 from server.services.users import get_user, may_act
 
+#: how stale ``last_used_at`` may get: coarse on purpose, one write a minute per token, not one per request
+LAST_USED_EVERY = timedelta(minutes=1)
+
 
 class ReviewTokenRefused(PermissionError):
     """Nobody may mint a ``review`` token for someone else over the API: a review is signed by its clinician."""
@@ -64,8 +67,8 @@ def resolve_token(*, session: Session, secret: str, production: bool, now: datet
         return None
     if not may_act(token.user, production=production):
         return None
-    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        token.last_used_at = now  # coarse on purpose: one write a minute per token, not one per request
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_EVERY:
+        token.last_used_at = now
     return token
 
 

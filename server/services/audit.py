@@ -4,14 +4,16 @@ anywhere) updates or deletes an entry; the database's triggers refuse it anyway 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from server.db.access_tables import AuditLog, Outcome
+from server.db.base import utcnow
 from server.security.principal import Principal
 from server.services.pagination import id_page
 
@@ -42,21 +44,31 @@ def _storable(text: str | None, limit: int) -> str | None:
     return _UNSTORABLE.sub("\ufffd", text[:limit]) if text else None
 
 
+def audit_values(*, principal: Principal | None, target: AuditTarget, info: RequestInfo, outcome: Outcome,
+                 status_code: int | None = None, username: str | None = None, detail: str | None = None
+                 ) -> dict[str, Any]:
+    """A new entry's column values. ``username``: who tried, when nobody authenticated."""
+    text = detail if detail is not None else target.detail
+    return {
+        "at": utcnow(),
+        "user_id": principal.user_id if principal else None,
+        "username": principal.username if principal else _storable(username, 64),
+        "role": principal.role.value if principal else None,
+        "token_id": principal.token_id if principal else None,
+        "action": target.action[:64], "object_type": target.object_type,
+        "object_id": _storable(target.object_id, 64),
+        "outcome": outcome, "status_code": status_code, "detail": _storable(text, 256),
+        "client_address": info.client_address, "request_id": info.request_id,
+    }
+
+
 def audit_entry(*, principal: Principal | None, target: AuditTarget, info: RequestInfo, outcome: Outcome,
                 status_code: int | None = None, username: str | None = None, detail: str | None = None
                 ) -> AuditLog:
-    """A new entry (not yet added to a session). ``username``: who tried, when nobody authenticated."""
-    text = detail if detail is not None else target.detail
-    return AuditLog(
-        user_id=principal.user_id if principal else None,
-        username=(principal.username if principal else _storable(username, 64)),
-        role=principal.role.value if principal else None,
-        token_id=principal.token_id if principal else None,
-        action=target.action[:64], object_type=target.object_type,
-        object_id=_storable(target.object_id, 64),
-        outcome=outcome, status_code=status_code, detail=_storable(text, 256),
-        client_address=info.client_address, request_id=info.request_id,
-    )
+    """A new entry (not yet added to a session), for a caller that fills in the rest later (an upload names
+    the recording it made)."""
+    return AuditLog(**audit_values(principal=principal, target=target, info=info, outcome=outcome,
+                                   status_code=status_code, username=username, detail=detail))
 
 
 DETAIL_LENGTH = 256  # audit_log.detail
@@ -78,11 +90,17 @@ def listing_detail(head: str, ids: Sequence[object], limit: int = DETAIL_LENGTH)
     return (head + "".join(pieces))[:limit]
 
 
-def record(*, session: Session, entry: AuditLog) -> AuditLog:
-    """Add ``entry`` to the caller's transaction: it commits (or rolls back) with the action it records."""
-    session.add(entry)
-    session.flush()
-    return entry
+_COLUMNS = tuple(column.key for column in AuditLog.__table__.columns if column.key != "id")
+
+
+def record(*, session: Session, entry: AuditLog | Mapping[str, Any]) -> None:
+    """Write ``entry`` (an ``audit_entry`` or ``audit_values``) in the caller's transaction, now: it commits (or
+    rolls back) with the action it records. One INSERT statement, not the ORM's unit of work: every audited
+    read writes one (issue 12), and nothing reads the entry back in the same transaction."""
+    if isinstance(entry, AuditLog):
+        state = entry.__dict__
+        entry = {key: state[key] for key in _COLUMNS if key in state}
+    session.execute(insert(AuditLog.__table__), dict(entry))
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, bindparam, tuple_
+from sqlalchemy import Column, ColumnElement, Select, bindparam, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from server.services.errors import InvalidInputError
 
 Row = TypeVar("Row")
 Key = tuple[Any, ...]
+SortKey = InstrumentedAttribute[Any] | Column[Any]  # a mapped attribute, or a table column (plain statements)
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,15 @@ class Page(Generic[Row]):
     next_key: Key | None  # the sort key of the last row when more rows follow; None: this is the last page
 
 
-def keyset_page(session: Session, query: Select[Any], *, keys: Sequence[InstrumentedAttribute[Any]], limit: int,
-                after: Key | None = None, nullable_lead: bool = False) -> Page[Any]:
+def keyset_page(session: Session, query: Select[Any], *, keys: Sequence[SortKey], limit: int,
+                after: Key | None = None, nullable_lead: bool = False, rows_of_columns: bool = False) -> Page[Any]:
     """One page of ``query`` (a ``select(Entity)`` with its filters), ordered by ``keys`` descending, starting
     after the row whose key is ``after`` (None: the first page). Reads ``limit + 1`` rows to know whether
-    another page follows, so a last page that happens to be full gets no cursor."""
+    another page follows, so a last page that happens to be full gets no cursor.
+
+    ``rows_of_columns``: ``query`` selects columns (``select(A.x, A.y, ...)``, the keys among them by name), and
+    the page holds its plain rows rather than entities."""
+    fetch = session.execute if rows_of_columns else session.scalars
     if after is not None and len(after) != len(keys):
         raise InvalidInputError(f"cursor has {len(after)} key values, this list sorts by {len(keys)}")
     lead, rest = keys[0], list(keys[1:])
@@ -50,13 +55,13 @@ def keyset_page(session: Session, query: Select[Any], *, keys: Sequence[Instrume
         part = query.where(lead.is_not(None)) if nullable_lead else query
         if after is not None:
             part = part.where(_before(keys, after))
-        rows = list(session.scalars(part.order_by(*(k.desc() for k in keys)).limit(limit + 1)))
+        rows = list(fetch(part.order_by(*(k.desc() for k in keys)).limit(limit + 1)))
     if nullable_lead and len(rows) <= limit:
         part = query.where(lead.is_(None))
         if in_nulls and rest:
             assert after is not None
             part = part.where(_before(rest, after[1:]))
-        rows += session.scalars(part.order_by(*(k.desc() for k in rest)).limit(limit + 1 - len(rows)))
+        rows += fetch(part.order_by(*(k.desc() for k in rest)).limit(limit + 1 - len(rows)))
     if len(rows) <= limit:
         return Page(rows, None)
     rows = rows[:limit]
@@ -71,7 +76,7 @@ def id_page(session: Session, query: Select[Any], *, id_column: InstrumentedAttr
     return page.rows, page.next_key[0] if page.next_key is not None else None
 
 
-def _before(keys: Sequence[InstrumentedAttribute[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+def _before(keys: Sequence[SortKey], values: Sequence[Any]) -> ColumnElement[bool]:
     """``(k1, k2, ...) < (v1, v2, ...)``: a row comparison, which PostgreSQL matches to an index on the keys
     (SQLite 3.15+ has row values too). Values are bound with their column's type (times as the column
     stores them)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
 from server.db.tables import Event, EventReview, EventStatus, ModelVersion, ReviewDecision
@@ -48,8 +48,8 @@ def lock_event(*, session: Session, event_id: int) -> Event:
     has no row locks; a write takes the database's write lock (waiting up to the busy timeout), so a no-op
     UPDATE of the row comes first, and every read after it in the transaction sees the latest commit.
     """
-    query = (select(Event).where(Event.id == event_id).options(selectinload(Event.explanations))
-             .execution_options(populate_existing=True))
+    # no explanations loaded: the answer shows the event's stored agreement (migration 0014)
+    query = select(Event).where(Event.id == event_id).execution_options(populate_existing=True)
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text("UPDATE event SET status = status WHERE id = :id"), {"id": event_id})
     else:

@@ -37,7 +37,7 @@ def queue_event_webhooks(*, session: Session, event: Event, event_type: WebhookE
     if not subscriptions:
         return []
     session.flush()
-    session.refresh(event, ["explanations"])  # the pipeline adds explanations by id, not through the relation
+    session.refresh(event, ["agreement"])  # kept by a trigger when the pipeline's explanations were flushed
     data = event_public(event).model_dump(mode="json")
     now = utcnow()
     rows = [WebhookDelivery(uuid=str(uuid.uuid4()), subscription_id=s.id, event_type=event_type, event_id=event.id,

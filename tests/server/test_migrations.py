@@ -12,7 +12,7 @@ from server.db.session import make_engine
 
 TABLES = {"recording", "clip", "event", "explanation", "model_version", "job", "app_user", "user_session", "api_token",
           "login_attempt", "audit_log", "event_review",
-          "webhook_subscription", "webhook_delivery", "webhook_attempt"}
+          "webhook_subscription", "webhook_delivery", "webhook_attempt", "event_status_delta", "auth_epoch"}
 
 
 def test_upgrade_downgrade_roundtrip(db_url: str) -> None:

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from server.api.compression import json_answer
+from server.api.compression import json_answer, json_response
 from server.api.deps import SessionDep, SessionFactoryDep, SettingsDep
 from server.api.params import CursorQuery, DatetimeQuery, IdPath, IdQuery, OpaqueCursorQuery, TextQuery
 from server.api.security import ReadEvents, Review
 from server.db.tables import EventSource, EventStatus, Explanation
-from server.event_view import event_public
+from server.event_view import event_fields, event_public
 from server.schemas import (
     ClinicianEventIn,
     EventMapsPublic,
@@ -25,7 +25,6 @@ from server.schemas import (
     ExplanationPublic,
     ExplanationsPublic,
     ReviewIn,
-    StatusCountsPublic,
     UndoIn,
 )
 from server.services.clinician_events import add_clinician_event, attach_review_clip
@@ -63,33 +62,34 @@ def read_events(
     min_score: Annotated[float | None, Query(ge=0, le=1, description="peak score at least this")] = None,
     source: EventSource | None = None,
     sort: QueueSort = QueueSort.time,
-) -> EventsPublic:
+) -> Response:
     """The review queue, filterable, sorted by time (newest wall-clock start first; events without one last)
     or by score (highest first), paginated by an opaque cursor. ``count`` and the per-status ``counts`` come
     with the first page only. A time without a zone is refused (422): whose local time it would be is a guess."""
     filters = EventFilter(status=status, label=label, room=room, recording_id=recording, since=since, until=until,
                           min_score=min_score, source=source)
     page = list_events(session=session, filters=filters, sort=sort, limit=limit, cursor=cursor)
-    return EventsPublic(data=[event_public(e) for e in page.rows], count=page.count,
-                        counts=StatusCountsPublic(**page.counts) if page.counts is not None else None,
-                        next_cursor=page.next_cursor)
+    # validated once, from plain values, and answered as it is (FastAPI would validate the page again)
+    return json_response(EventsPublic.model_validate(
+        {"data": [event_fields(row._mapping) for row in page.rows], "count": page.count, "counts": page.counts,
+         "next_cursor": page.next_cursor}))
 
 
 @router.get("/events/{event_id}", response_model=EventPublic)
-def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> EventPublic:
-    return event_public(get_event(session=session, event_id=event_id))
+def read_event(session: SessionDep, _access: ReadEvents, event_id: IdPath) -> Response:
+    return json_response(event_public(get_event(session=session, event_id=event_id)))  # validated once
 
 
 @router.post("/events/{event_id}/review", response_model=EventPublic,
              responses={422: {"description": "bad input, or a relabel to a label the event's model does not have"}})
-def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> EventPublic:
+def post_review(session: SessionDep, access: Review, event_id: IdPath, review: ReviewIn) -> Response:
     """Confirm, reject or relabel an event. Each review is added to the event's history
     (``GET .../reviews``); the event shows the latest one. A relabel names one of the classes of the model
     version that flagged the event. The reviewer is the signed-in clinician."""
     # the trail names the decision and label; the note is free text (it may hold patient details), so not
     access.note(detail=f"decision={review.decision}" + (f" label={review.label}" if review.label else ""))
-    return event_public(review_event(session=session, event_id=event_id, review=review,
-                                     reviewer=access.principal))
+    return json_response(event_public(review_event(session=session, event_id=event_id, review=review,
+                                                   reviewer=access.principal)))
 
 
 @router.post("/events/{event_id}/review/undo", response_model=EventPublic,
@@ -97,7 +97,7 @@ def post_review(session: SessionDep, access: Review, event_id: IdPath, review: R
                         409: {"description": "no review to undo, the latest review is someone else's, or the named "
                                              "review is already undone or no longer the latest"}})
 def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
-                     undo: Annotated[UndoIn | None, Body()] = None) -> EventPublic:
+                     undo: Annotated[UndoIn | None, Body()] = None) -> Response:
     """Take back your latest review of the event, if it is still the event's latest: the event returns to
     the review before it (or to flagged). The history keeps the undone review, marked undone.
 
@@ -107,7 +107,7 @@ def post_review_undo(session: SessionDep, access: Review, event_id: IdPath,
                               review_id=undo.review_id if undo is not None else None)
     access.note(detail=f"undid decision; now status={event.status.value}"
                        + (f" label={event.reviewed_label}" if event.reviewed_label else ""))
-    return event_public(event)
+    return json_response(event_public(event))
 
 
 @router.get("/events/{event_id}/reviews", response_model=EventReviewsPublic)
