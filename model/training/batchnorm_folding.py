@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from model.training.second_order_conv import conv_forward
+from model.training.second_order_conv import WeightGradPool, conv_forward, pooled_weight
 
 __all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm", "frozen_scale_shift", "randomise_batchnorms"]
 
@@ -92,36 +92,47 @@ class _FoldedConv:
     A late ResNet stage at a small batch has far fewer activations than weights (ResNet-18 ``layer4`` on
     112 px clips: 65 K activations, 2.4 M weights), an early one the reverse; the cheaper side is taken when
     ``numel(W) <= 4 * numel(output)``. Both give the unfolded network's values and gradients.
+
+    Within a block every use of the conv shares one weight tensor; where the weight outnumbers the activations it
+    goes through a :class:`~model.training.second_order_conv.WeightGradPool`, which sums the weight-gradient terms
+    of all those uses in one kernel call.
     """
 
     def __init__(self, conv: nn.Module, bn: nn.Module | None) -> None:
         self.conv, self.bn = conv, bn
-        self._folded: tuple[Tensor, Tensor] | None = None
+        self._weights: dict[tuple[bool, bool, bool], tuple[Tensor, Tensor | None, WeightGradPool | None]] = {}
 
-    def _weights(self) -> tuple[Tensor, Tensor]:
-        assert self.bn is not None
-        if self._folded is None or torch.is_grad_enabled() != self._folded[0].requires_grad:
-            scale, shift = frozen_scale_shift(self.bn)
+    def _weight_for(self, fold: bool, pool: bool) -> tuple[Tensor, Tensor | None, WeightGradPool | None]:
+        """The (folded) weight and bias for this block, made once per grad mode and shared by every forward."""
+        key = (fold, pool, torch.is_grad_enabled())
+        if key not in self._weights:
             conv = self.conv
-            weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-            self._folded = (weight, bias)
-        return self._folded
+            weight, bias = conv.weight, conv.bias
+            if fold:
+                assert self.bn is not None
+                scale, shift = frozen_scale_shift(self.bn)
+                weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+                bias = shift if bias is None else bias * scale + shift
+            weight, pool_of_weight = pooled_weight(weight) if pool else (weight, None)
+            self._weights[key] = (weight, bias, pool_of_weight)
+        return self._weights[key]
 
     def __call__(self, x: Tensor) -> Tensor:
         conv = self.conv
-        if self.bn is None:
-            return conv_forward(conv, x, conv.weight, conv.bias)
-        if conv.weight.numel() <= _FOLD_RATIO * _output_numel(conv, x):
-            weight, bias = self._weights()
-            return conv_forward(conv, x, weight, bias)
+        outputs = _output_numel(conv, x)
+        fold = self.bn is not None and conv.weight.numel() <= _FOLD_RATIO * outputs
+        weight, bias, pool = self._weight_for(fold, conv.weight.numel() >= _POOL_RATIO * (x.numel() + outputs))
+        out = conv_forward(conv, x, weight, bias, pool)
+        if self.bn is None or fold:
+            return out
         scale, shift = frozen_scale_shift(self.bn)
-        out = conv_forward(conv, x, conv.weight, conv.bias)
         shape = (1, -1) + (1,) * (out.dim() - 2)
         return out * scale.view(shape) + shift.view(shape)
 
 
 _FOLD_RATIO = 4
+#: pool a weight's gradient terms when it has at least as many elements as one call's input and output together
+_POOL_RATIO = 1
 
 
 def _output_numel(conv: nn.Module, x: Tensor) -> int:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 
-__all__ = ["conv_forward"]
+__all__ = ["WeightGradPool", "conv_forward", "pooled_weight"]
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,10 @@ class _Conv(Function):
     """``y = conv(x, W) + b`` with the backward below."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: _Geometry) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: _Geometry,
+                pool: WeightGradPool | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.geometry = geometry
+        ctx.geometry, ctx.pool = geometry, pool
         return geometry.conv(x, weight, bias)
 
     @staticmethod
@@ -97,20 +98,29 @@ class _Conv(Function):
         x, weight = ctx.saved_tensors
         geometry: _Geometry = ctx.geometry
         need_x, need_w, need_b = _needed(ctx, 3)
-        grad_x = _ConvInputGrad.apply(grad_out, x.detach(), weight, geometry) if need_x else None
-        grad_w = grad_b = None
+        grad_x = grad_w = grad_b = None
+        if not torch.is_grad_enabled():  # a plain backward: the first-order kernel, at most one call
+            if need_w and ctx.pool is not None:  # the weight's pool computes this term with the others
+                ctx.pool.add(geometry, grad_out, x)
+                need_w = False
+            if need_x or need_w or need_b:
+                grad_x, grad_w, grad_b = geometry.backward(grad_out, x, weight, (need_x, need_w, need_b))
+            return grad_x, grad_w, grad_b, None, None
+        # create_graph: the input gradient will be differentiated (Guided Backprop in ATCON's loss)
+        grad_x = _ConvInputGrad.apply(grad_out, x.detach(), weight, geometry, ctx.pool) if need_x else None
         if need_w or need_b:
             _, grad_w, grad_b = geometry.backward(grad_out, x, weight, (False, need_w, need_b))
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class _ConvInputGrad(Function):
     """``gI = conv_input_grad(gO, W)`` (linear in each), differentiable with the first-order kernels."""
 
     @staticmethod
-    def forward(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, geometry: _Geometry) -> Tensor:
+    def forward(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, geometry: _Geometry,
+                pool: WeightGradPool | None) -> Tensor:
         ctx.save_for_backward(grad_out, x, weight)
-        ctx.geometry = geometry
+        ctx.geometry, ctx.pool = geometry, pool
         grad_x, _, _ = geometry.backward(grad_out, x, weight, (True, False, False))
         assert grad_x is not None
         return grad_x
@@ -123,21 +133,89 @@ class _ConvInputGrad(Function):
         # gI is conv's input gradient, i.e. the transpose of conv(., W) applied to gO: its adjoint in gO is
         # conv(., W) itself, and in W it is conv's weight gradient with ggI in the input's place.
         d_grad_out = geometry.conv(grad_grad_x, weight) if need_grad_out else None
-        d_weight = geometry.backward(grad_out, grad_grad_x, weight, (False, True, False))[1] if need_w else None
-        return d_grad_out, None, d_weight, None
+        d_weight = None
+        if need_w and ctx.pool is not None and not torch.is_grad_enabled():
+            ctx.pool.add(geometry, grad_out, grad_grad_x)
+        elif need_w:
+            d_weight = geometry.backward(grad_out, grad_grad_x, weight, (False, True, False))[1]
+        return d_grad_out, None, d_weight, None, None
+
+
+class WeightGradPool:
+    """The weight-gradient terms of one convolution in one backward pass, summed by one kernel call.
+
+    Why: in ATCON's backward a convolution's weight receives three terms, ``wgrad(δ, a)`` of the input pass,
+    ``wgrad(δ', a')`` of the masked pass and ``wgrad(gO, ggI)`` of the guided pass's double backward; their sum
+    is one ``wgrad`` of the three concatenated along the batch. oneDNN's weight gradient is inefficient on small
+    feature maps with many channels (ResNet's last stages: 4x4 or 1x7x7 positions, 256-512 channels), where one
+    call on three times the batch costs about what one call on the batch costs (``benchmarks/training.py``).
+    The terms are collected by the convolutions' backwards (which then return no weight gradient) and summed
+    by :class:`_PooledWeight`, whose backward runs after all of them: the engine runs a node once every node
+    using its output is done.
+    """
+
+    def __init__(self) -> None:
+        self._terms: list[tuple[_Geometry, Tensor, Tensor]] = []
+
+    def add(self, geometry: _Geometry, grad_out: Tensor, inputs: Tensor) -> None:
+        self._terms.append((geometry, grad_out, inputs))
+
+    def flush(self, weight: Tensor) -> Tensor | None:
+        """The summed weight gradient of the terms collected so far (None without any); forgets them."""
+        terms, self._terms = self._terms, []
+        if not terms:
+            return None
+        geometry = terms[0][0]
+        if any(t[0] != geometry or t[1].shape[1:] != terms[0][1].shape[1:] or t[2].shape[1:] != terms[0][2].shape[1:]
+               for t in terms):  # not one batch: one call each
+            return torch.stack([g.backward(go, x, weight, (False, True, False))[1] for g, go, x in terms]).sum(0)
+        grad_out = torch.cat([t[1] for t in terms]) if len(terms) > 1 else terms[0][1]
+        inputs = torch.cat([t[2] for t in terms]) if len(terms) > 1 else terms[0][2]
+        return geometry.backward(grad_out, inputs, weight, (False, True, False))[1]
+
+
+class _PooledWeight(Function):
+    """``W`` as it is; its backward returns the :class:`WeightGradPool`'s sum (plus any gradient that reached it
+    the ordinary way, e.g. in a ``create_graph`` backward, where nothing is pooled)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, pool: WeightGradPool) -> Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(weight)
+        ctx.pool = pool
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, None]:
+        (weight,) = ctx.saved_tensors
+        pooled = ctx.pool.flush(weight)
+        if pooled is None or grad is None:
+            return (grad if pooled is None else pooled), None
+        return grad + pooled, None
+
+
+def pooled_weight(weight: Tensor) -> tuple[Tensor, WeightGradPool | None]:
+    """``weight`` routed through a new :class:`WeightGradPool` (pass both to :func:`conv_forward` for every use of
+    the convolution within one loss), or ``(weight, None)`` when it needs no gradient."""
+    if not (torch.is_grad_enabled() and weight.requires_grad):
+        return weight, None
+    pool = WeightGradPool()
+    return _PooledWeight.apply(weight, pool), pool
 
 
 def _non_leaf(t: Tensor | None) -> Tensor | None:
     """``t`` itself, or an alias of it with its own autograd node when ``t`` is a leaf that requires grad."""
-    return t.view_as(t) if t is not None and t.requires_grad and t.is_leaf else t
+    return torch.ops.aten.alias(t) if t is not None and t.requires_grad and t.is_leaf else t
 
 
-def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None,
+                 pool: WeightGradPool | None = None) -> Tensor:
     """``conv``'s forward on ``x`` with the given (possibly folded) ``weight`` and ``bias``.
 
     Same values as ``conv._conv_forward(x, weight, bias)``; a ``Conv2d``/``Conv3d`` with explicit padding
     (any ``padding_mode``) goes through the Functions above, anything else (string padding such as
-    ``"same"``) through PyTorch's own convolution.
+    ``"same"``) through PyTorch's own convolution. ``pool``: the :class:`WeightGradPool` of ``weight`` (as
+    returned with it by :func:`pooled_weight`), or None to compute each weight-gradient term on its own.
     """
     if isinstance(conv.padding, str) or not isinstance(conv, nn.Conv2d | nn.Conv3d):
         return conv._conv_forward(x, weight, bias)
@@ -151,4 +229,4 @@ def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None
         dilation=tuple(int(d) for d in conv.dilation),
         groups=int(conv.groups),
     )
-    return _Conv.apply(_non_leaf(x), _non_leaf(weight), _non_leaf(bias), geometry)
+    return _Conv.apply(_non_leaf(x), _non_leaf(weight), _non_leaf(bias), geometry, pool)

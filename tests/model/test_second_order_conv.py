@@ -55,18 +55,22 @@ class _ConvBackwardLog(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.masks: list[tuple[bool, bool, bool]] = []
+        self.weight_batches: list[int] = []  # the batch of each weight-gradient computation
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # torch protocol; untyped
         if func is torch.ops.aten.convolution_backward.default:
             self.masks.append(tuple(bool(m) for m in args[-1]))
+            if args[-1][1]:
+                self.weight_batches.append(int(args[1].shape[0]))
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("kind", ["images", "clips"])
 def test_guided_pass_computes_no_weight_gradient(kind: str) -> None:
     """Guided Backprop needs input gradients only: under ATCON's convolutions no weight gradient is computed
-    while the maps are built, and the optimiser's backward computes each conv's weight gradient once per path
-    (input pass, masked pass, double backward of the guided pass)."""
+    while the maps are built; the optimiser's backward takes each conv's weight gradient over three batches'
+    worth of terms (input pass, masked pass, double backward of the guided pass), pooled into one call where
+    the weight outnumbers the activations."""
     net = _model(kind)
     x = _inputs(kind)
     layer = resolve_layer(net, default_target_layer(net))
@@ -79,18 +83,23 @@ def test_guided_pass_computes_no_weight_gradient(kind: str) -> None:
     loss = ATCONLoss(net)(x).loss
     with _ConvBackwardLog() as outer:
         loss.backward(inputs=list(net.parameters()))  # as the trainer does
-    weight_grads = sum(1 for _, w, _ in outer.masks if w)
-    assert weight_grads == 3 * len(convs)
+    n = x.shape[0]
+    assert sum(outer.weight_batches) == 3 * n * len(convs)
+    assert 3 * n in outer.weight_batches  # at least one conv's three terms in one call
+    assert len(outer.weight_batches) < 3 * len(convs)
     assert maps.guided.shape == x.shape
 
 
+@pytest.mark.parametrize("pool_ratio", [0, 10**9], ids=["pooled", "unpooled"])
 @pytest.mark.parametrize("fold_ratio", [0, 10**9], ids=["output-affine", "folded-weights"])
 @pytest.mark.parametrize("kind", ["images", "clips"])
-def test_both_ways_of_applying_batchnorm_have_the_true_gradient(
-    kind: str, fold_ratio: int, monkeypatch: pytest.MonkeyPatch
+def test_every_way_of_running_the_convolutions_has_the_true_gradient(
+    kind: str, fold_ratio: int, pool_ratio: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every frozen BatchNorm applied on the conv output (ratio 0) or folded into the weights (huge ratio)."""
+    """Every frozen BatchNorm applied on the conv output (ratio 0) or folded into the weights (huge ratio); every
+    weight's gradient terms pooled into one call or each computed on its own."""
     monkeypatch.setattr(batchnorm_folding, "_FOLD_RATIO", fold_ratio)
+    monkeypatch.setattr(batchnorm_folding, "_POOL_RATIO", pool_ratio)
     net = _model(kind)
     x = _inputs(kind)
     loss = ATCONLoss(net)
