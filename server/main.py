@@ -24,7 +24,19 @@ from server.api.auditing import API_PREFIX, record_refusal
 from server.api.body_limits import BodyLimitsMiddleware
 from server.api.hardening import HeaderLimitMiddleware, SecurityHeadersMiddleware
 from server.api.request_id import RequestIdMiddleware
-from server.api.routes import audit, events, fhir, finetune, health, jobs, recordings, session, users, webhooks
+from server.api.routes import (
+    audit,
+    events,
+    fhir,
+    finetune,
+    health,
+    jobs,
+    models,
+    recordings,
+    session,
+    users,
+    webhooks,
+)
 from server.api.security import unguarded_routes
 from server.bootstrap import ensure_active_model, open_database
 from server.housekeeper import Housekeeper
@@ -150,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unacceptable(request: Request, exc: InvalidInputError) -> Response:
         return await refused(request, 422, str(exc)) or JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    for module in (health, session, recordings, events, jobs, finetune, audit, users, fhir, webhooks):
+    for module in (health, session, recordings, events, jobs, models, finetune, audit, users, fhir, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(exposition.router)  # /metrics: its own access rule (metrics_allowed), no patient data
     if missing := unguarded_routes(app.routes):

@@ -1,7 +1,7 @@
 """What scoring a recording and reading a live stream share: the worker context, the clip spec and event rule
 from the settings, and the commit paths of clip rows and events with their explanation media.
 
-The recording task itself is ``server.worker.scoring``; live streams are ``server.streaming``.
+The recording task itself is ``server.worker.scoring``; live streams are ``server.worker.streaming``.
 """
 
 from __future__ import annotations

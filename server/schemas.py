@@ -184,6 +184,35 @@ class _FromRow(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class RecordingForm(BaseModel):
+    """The form fields sent beside the file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    room: Text(128) | None = None
+    patient_ref: Text(128) | None = Field(default=None, description="pseudonymous ID, never a name")
+    started_at: WallClock | None = Field(default=None, description="wall-clock start, ISO 8601 with a time zone "
+                                                                   "(Z or +hh:mm), years 1900 to 2999")
+    allow_duplicate: bool = Field(default=False, description="accept content identical to an earlier upload")
+
+
+class RecordingSource(RecordingForm):
+    """JSON body of ``POST /recordings``: a file in the server's import directory, or a live stream URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Text(4096, min_length=1) | None = Field(default=None, description="a file relative to WARDWATCH_IMPORT_DIR")
+    url: Text(4096, min_length=1) | None = Field(
+        default=None, description="rtsp(s), rtmp(s), http(s) or tcp stream; the host must pass the destination "
+                                  "policy (docs/streams.md)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecordingSource:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' (server-side import) or 'url' (live stream)")
+        return self
+
+
 class RecordingPublic(_FromRow):
     id: int
     source: str

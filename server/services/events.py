@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, selectinload
 
-from server.db.tables import Event
+from server.db.tables import Event, Explanation
 from server.schemas import ReviewIn
 from server.security.principal import Principal
 from server.services.errors import NotFoundError
@@ -18,6 +18,14 @@ def get_event(*, session: Session, event_id: int) -> Event:
     if event is None:
         raise NotFoundError("event", event_id)
     return event
+
+
+def get_explanation(*, session: Session, explanation_id: int) -> Explanation:
+    """The explanation, or NotFoundError."""
+    explanation = session.get(Explanation, explanation_id)
+    if explanation is None:
+        raise NotFoundError("explanation", explanation_id)
+    return explanation
 
 
 def review_event(*, session: Session, event_id: int, review: ReviewIn, reviewer: Principal) -> Event:

@@ -30,6 +30,7 @@ import enum
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session, aliased
 from server.db.base import utcnow
 from server.db.tables import Job, JobStatus
 from server.services.errors import ConflictError, NotFoundError
+from server.services.pagination import id_page
 
 
 class JobKind(enum.StrEnum):
@@ -123,6 +125,19 @@ def get_job(*, session: Session, job_id: int) -> Job:
     if job is None:
         raise NotFoundError("job", job_id)
     return job
+
+
+def list_jobs(*, session: Session, kind: str | None, status: JobStatus | None, limit: int,
+              cursor: int | None) -> tuple[Sequence[Job], int, int | None]:
+    """A page of jobs, newest first, of ``kind`` and in ``status`` when given: (jobs, total matching, next cursor)."""
+    query = select(Job)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if status:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page, next_cursor = id_page(session, query, id_column=Job.id, limit=limit, cursor=cursor)
+    return page, total, next_cursor
 
 
 def create_job(*, session: Session, kind: JobKind, recording_id: int | None = None,

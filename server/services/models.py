@@ -20,6 +20,11 @@ def get_active_model(*, session: Session) -> ModelVersion | None:
     ).first()
 
 
+def list_models(*, session: Session) -> list[ModelVersion]:
+    """Every model version, newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+
+
 def activate_model(*, session: Session, model_id: int) -> ModelVersion:
     """Make ``model_id`` the active version; the previously active one is retired (and can be re-activated).
 

@@ -21,7 +21,7 @@ from server.services.models import get_active_model
 from server.services.recordings import get_recording
 from server.services.streams import STREAM_KIND
 
-#: what ``server.streaming`` writes into the recording's warnings for each outage
+#: what ``server.worker.streaming`` writes into the recording's warnings for each outage
 _GAP_WARNING = re.compile(r"^stream gap (\d+(?:\.\d+)?)-(\d+(?:\.\d+)?) s$")
 
 

@@ -50,6 +50,11 @@ def get_user(*, session: Session, username: str) -> User | None:
     return session.scalars(select(User).where(User.username == normalise_username(username))).first()
 
 
+def get_user_by_id(*, session: Session, user_id: int) -> User | None:
+    """The user with this id (a signed-in principal's own row), if it still exists."""
+    return session.get(User, user_id)
+
+
 def list_users(*, session: Session) -> Sequence[User]:
     return session.scalars(select(User).order_by(User.id)).all()
 

@@ -13,11 +13,9 @@ from typing import Any, Protocol
 from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
-from server.finetuning import run_finetune
 from server.pipeline import WorkerContext
 from server.services.webhook_delivery import attempt_delivery
 from server.settings import Settings
-from server.streaming import refuse_stream, run_stream
 from server.worker.app import (
     DELIVER_WEBHOOK,
     FINETUNE,
@@ -31,9 +29,11 @@ from server.worker.app import (
     broker_kind,
     make_celery,
 )
+from server.worker.finetuning import run_finetune
 from server.worker.request_ids import task_headers
 from server.worker.retry import RetryLater, give_up, retry_delay
 from server.worker.scoring import process_recording, run_segment
+from server.worker.streaming import refuse_stream, run_stream
 
 log = logging.getLogger(__name__)
 

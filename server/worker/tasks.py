@@ -10,12 +10,10 @@ from typing import Any
 from celery import Task
 
 from server.bootstrap import make_worker_context
-from server.finetuning import run_finetune
 from server.pipeline import WorkerContext
 from server.services.webhook_delivery import attempt_delivery
 from server.services.webhook_outbox import send_after_commit
 from server.settings import get_settings
-from server.streaming import run_stream
 from server.worker.app import (
     DELIVER_WEBHOOK,
     FINETUNE,
@@ -26,9 +24,11 @@ from server.worker.app import (
     WEBHOOKS_QUEUE,
     celery_app,
 )
+from server.worker.finetuning import run_finetune
 from server.worker.request_ids import task_headers  # also connects the task_prerun/postrun hooks
 from server.worker.retry import RetryLater, give_up, retry_delay
 from server.worker.scoring import process_recording, run_segment
+from server.worker.streaming import run_stream
 
 _CONTEXT_LOCK = threading.Lock()
 

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from server.bootstrap import make_worker_context
 from server.db.session import session_scope
 from server.db.tables import Job
-from server.pipeline import process_recording
 from server.settings import Settings
+from server.worker.scoring import process_recording
 from tests.accounts import token_for
 from tests.server.brokers import PrivateRabbit, PrivateRedis
 from tests.server.faults_support import (

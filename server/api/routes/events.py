@@ -28,10 +28,9 @@ from server.schemas import (
     UndoIn,
 )
 from server.services.clinician_events import add_clinician_event, attach_review_clip
-from server.services.errors import NotFoundError
 from server.services.event_maps import get_event_maps
 from server.services.event_queue import EventFilter, QueueSort, list_events
-from server.services.events import get_event, review_event, undo_event_review
+from server.services.events import get_event, get_explanation, review_event, undo_event_review
 from server.services.reviews import list_reviews
 
 router = APIRouter(tags=["events"])
@@ -162,9 +161,7 @@ def read_explanation_media(session: SessionDep, settings: SettingsDep, _access: 
     """The overlay PNG or the per-frame overlay video (answers range requests, so players can seek)."""
     if media not in MEDIA:
         raise HTTPException(404, detail="media not available")
-    item = session.get(Explanation, explanation_id)
-    if item is None:
-        raise NotFoundError("explanation", explanation_id)
+    item = get_explanation(session=session, explanation_id=explanation_id)
     return _media(settings.data_dir, item.overlay_path if media == "overlay.png" else item.video_path, MEDIA[media])
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -20,7 +20,7 @@ from server.api.params import CursorQuery, IdPath
 from server.api.security import Access, ReadEvents, WriteRecordings, WriteRecordingsUpload
 from server.db.session import session_scope
 from server.db.tables import Recording, RecordingStatus
-from server.schemas import RecordingPublic, RecordingsPublic, Text, TimelinePublic, WallClock
+from server.schemas import RecordingForm, RecordingPublic, RecordingSource, RecordingsPublic, TimelinePublic
 from server.services.errors import CapacityError
 from server.services.intake import IntakeOptions, RecordingRejected, file_sha256, queue_scoring, register_recording
 from server.services.jobs import note_task_id
@@ -36,35 +36,6 @@ from server.worker.dispatch import Dispatcher
 
 router = APIRouter(prefix="/recordings", tags=["recordings"])
 JSON_SOURCE_MAX_BYTES = 64 * 1024
-
-
-class RecordingForm(BaseModel):
-    """The form fields sent beside the file."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    room: Text(128) | None = None
-    patient_ref: Text(128) | None = Field(default=None, description="pseudonymous ID, never a name")
-    started_at: WallClock | None = Field(default=None, description="wall-clock start, ISO 8601 with a time zone "
-                                                                   "(Z or +hh:mm), years 1900 to 2999")
-    allow_duplicate: bool = Field(default=False, description="accept content identical to an earlier upload")
-
-
-class RecordingSource(RecordingForm):
-    """JSON body of ``POST /recordings``: a file in the server's import directory, or a live stream URL."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: Text(4096, min_length=1) | None = Field(default=None, description="a file relative to WARDWATCH_IMPORT_DIR")
-    url: Text(4096, min_length=1) | None = Field(
-        default=None, description="rtsp(s), rtmp(s), http(s) or tcp stream; the host must pass the destination "
-                                  "policy (docs/streams.md)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecordingSource:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("give exactly one of 'path' (server-side import) or 'url' (live stream)")
-        return self
 
 
 _UPLOAD_BODY = {

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException
 from server.api.deps import SessionDep
 from server.api.params import IdPath, NamePath
 from server.api.security import ManageUsers
-from server.db.access_tables import ApiToken, User
+from server.db.access_tables import ApiToken
 from server.schemas import (
     TokenCreate,
     TokenCreated,
@@ -20,7 +20,7 @@ from server.schemas import (
 from server.security.passwords import WeakPasswordError
 from server.services.api_tokens import ReviewTokenRefused, create_token, list_tokens, revoke_token
 from server.services.errors import ConflictError
-from server.services.users import create_user, disable_user, list_users
+from server.services.users import create_user, disable_user, get_user_by_id, list_users
 
 router = APIRouter(tags=["users"])
 
@@ -71,7 +71,7 @@ def post_token(session: SessionDep, access: ManageUsers, body: TokenCreate) -> T
     """A new token for a user; the answer holds the token itself, the only time it is ever shown.
 
     403 for a ``review`` token for anyone but the caller: it would let an admin review as that clinician."""
-    admin = session.get(User, access.principal.user_id)
+    admin = get_user_by_id(session=session, user_id=access.principal.user_id)
     try:
         token, secret = create_token(session=session, username=body.username, scopes=body.scopes,
                                      expires_days=body.expires_days, name=body.name, created_by=admin)

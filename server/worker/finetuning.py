@@ -20,7 +20,6 @@ from server.job_lease import JobLease
 from server.pipeline import WorkerContext
 from server.services.jobs import (
     IllegalTransition,
-    JobKind,
     LeaseLost,
     fail_job,
     is_cancelled,
@@ -34,7 +33,6 @@ from server.training_curves import TrainingCurves
 from server.training_data import build_finetune_data
 
 log = logging.getLogger(__name__)
-FINETUNE_KIND = JobKind.finetune
 #: how often (seconds) progress is written and the cancel flag is read: cheap for the database, quick to stop.
 POLL_SECONDS = 1.0
 
