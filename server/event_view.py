@@ -17,7 +17,7 @@ API = "/api/v1"
 #: what ``EventPublic`` shows is read from these event columns (and the recording's room), nothing else
 _SHOWN = ("id", "recording_id", "label", "start", "end", "start_wall", "end_wall", "peak_score", "peak_time",
           "model_version_id", "source", "status", "reviewer", "reviewed_at", "note", "reviewed_label",
-          "key_frame_time", "agreement", "created_at")
+          "key_frame_time", "agreement", "media_error", "created_at")
 _MEDIA = ("key_frame_path", "clip_path", "clip_start")
 
 #: the columns a queue page selects: a page is built from plain rows, never 50 ORM objects and their relations

@@ -79,21 +79,31 @@ class JobSweeper(BackgroundThread):
     def dispatch(self, work: Iterable[Work]) -> None:
         """Hand each committed queued job to a worker (a job another worker already took is left alone there)."""
         for job_id, kind, recording_id in work:
-            if kind == JobKind.score and recording_id is not None:
-                task_id = self.dispatcher.process_recording(recording_id, job_id)
-            elif kind == JobKind.segment:
-                task_id = self.dispatcher.score_segment(job_id)
-            elif kind == JobKind.finetune:
-                task_id = self.dispatcher.finetune(job_id)
-            elif kind == JobKind.stream and recording_id is not None:
-                task_id = self.dispatcher.stream(recording_id, job_id)
-            else:
+            try:
+                task_id = self._send(job_id, kind, recording_id)
+            except LookupError:
                 log.warning("job %s of kind %s cannot be dispatched", job_id, kind)
+                continue
+            except Exception:  # noqa: BLE001 - one job that cannot be sent must not keep the others from going
+                log.exception("job %s (%s): could not be handed to a worker; the next sweep tries again", job_id, kind)
                 continue
             log.info("job %s (%s) handed to a worker", job_id, kind)
             if task_id is not None:
                 with session_scope(self.factory) as session:
                     note_task_id(session=session, job_id=job_id, task_id=task_id)
+
+    def _send(self, job_id: int, kind: str, recording_id: int | None) -> str | None:
+        """The task id of the hand-over (None: nothing was sent, the broker is away); LookupError: no task does
+        this kind of job."""
+        if kind == JobKind.score and recording_id is not None:
+            return self.dispatcher.process_recording(recording_id, job_id)
+        if kind == JobKind.segment:
+            return self.dispatcher.score_segment(job_id)
+        if kind == JobKind.finetune:
+            return self.dispatcher.finetune(job_id)
+        if kind == JobKind.stream and recording_id is not None:
+            return self.dispatcher.stream(recording_id, job_id)
+        raise LookupError(kind)
 
     @staticmethod
     def _report(requeued: list[Work], failed: list[Work]) -> None:

@@ -7,7 +7,6 @@ clips that the browser draws over the playing clip (:mod:`server.frame_maps`). F
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,6 @@ class RenderedEvent:
     key_frame_path: Path
     explanations: list[RenderedExplanation]
     maps_path: Path | None = None
-
-
-#: One explanation at a time per process: the engine's hooks on the shared model only act for the thread that
-#: explains (model.attribution.trace), but several explanations at once (a recording's finalisation beside live
-#: streams) would only compete for the same cores and memory. Scoring goes on meanwhile: the batcher scores with a
-#: copy of the model of its own (server.worker.batcher).
-EXPLAIN_LOCK = threading.Lock()
 
 
 def _display_size(width: int, height: int) -> tuple[int, int]:
@@ -115,11 +107,10 @@ def render_frames_media(*, loaded: LoadedModel, model_frames: np.ndarray, displa
     height, width = display_frames.shape[1:3]
     inputs = frames_to_tensor(model_frames[None], spec).to(loaded.device)         # [1,3,T,h,w]
     wanted = tuple(dict.fromkeys(("grad_cam", *methods, *(MAP_METHODS if map_clips else ()), "agreement")))
-    with EXPLAIN_LOCK:
-        maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),
-                       methods=wanted)
-        stored = event_maps(loaded, map_clips, label_index, maps_size or map_size(width, height),
-                            explained={peak_index: maps} if peak_index is not None else None) if map_clips else None
+    maps = explain(loaded.model, inputs, target=label_index, layer=default_target_layer(loaded.model),
+                   methods=wanted)
+    stored = event_maps(loaded, map_clips, label_index, maps_size or map_size(width, height),
+                        explained={peak_index: maps} if peak_index is not None else None) if map_clips else None
     maps_path = write_maps(stored, out_dir) if stored is not None else None
     cam = maps["grad_cam"][0].detach()                                             # [T,h,w]
     # ATCON's similarity of the layer-resolution Grad-CAM and the channel-summed |Guided Backprop|, in [-1, 1]

@@ -30,6 +30,7 @@ from model.training.batchnorm_folding import (
     conv_bn_pairs,
     folded_batchnorm,
     frozen_scale_shift,
+    plain_convolutions,
     randomise_batchnorms,
 )
 
@@ -81,7 +82,8 @@ _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 @contextlib.contextmanager
-def unsupervised_mode(model: nn.Module, fold: Sequence[ConvBN] = ()) -> Iterator[nn.Module]:
+def unsupervised_mode(model: nn.Module, fold: Sequence[ConvBN] = (), *, share_weights: bool = False
+                      ) -> Iterator[nn.Module]:
     """BatchNorm statistics frozen (eval) and Dropout off while the ATCON loss runs.
 
     Why: the attribution engine explains a whole batch with one backward pass of the *summed*
@@ -95,7 +97,10 @@ def unsupervised_mode(model: nn.Module, fold: Sequence[ConvBN] = ()) -> Iterator
     ``b``), because PyTorch's generic double backward of ``batch_norm`` is far more expensive
     than that of two element-wise ops (~15 % of a ResNet-18 ATCON step). Cheaper still, the
     BatchNorms in ``fold`` (found by :func:`~model.training.batchnorm_folding.verified_pairs`) are
-    folded into their convolutions' weights. Modes, hooks and folding are undone on exit.
+    folded into their convolutions' weights, and every plain convolution runs through
+    :mod:`~model.training.second_order_conv`. ``share_weights``: the block computes one loss, differentiated
+    once (:class:`ATCONLoss`); its forwards then share each convolution's weight and pool its gradient terms.
+    Modes, hooks and folding are undone on exit.
     """
     changed = [m for m in model.modules() if isinstance(m, _NORM_TYPES) and m.training]
     folded = {id(bn) for _, bn in fold}
@@ -109,8 +114,7 @@ def unsupervised_mode(model: nn.Module, fold: Sequence[ConvBN] = ()) -> Iterator
         for m in changed:
             m.train(False)
         handles = [m.register_forward_hook(_frozen_batchnorm) for m in norms]
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
-        with folded_batchnorm(fold, convs):
+        with folded_batchnorm(fold, plain_convolutions(model), share_weights=share_weights):
             yield model
     finally:
         for h in handles:
@@ -150,15 +154,16 @@ def foldable_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
     """The conv/BatchNorm pairs of ``model`` that :func:`unsupervised_mode` may fold, checked once.
 
     Found on one forward pass, then verified on a copy of the model whose BatchNorms are randomised
-    (so a folding that changes the function cannot pass as the near-identity of a fresh BatchNorm):
-    the copy's logits with and without folding, both under :func:`unsupervised_mode` exactly as the
-    loss will run, must agree to float precision. Returns the original model's modules.
+    (so a folding that changes the function cannot pass as the near-identity of a fresh BatchNorm): the
+    copy's logits under :func:`unsupervised_mode` with folding, exactly as the loss will run, must agree to
+    float precision with the copy itself in eval mode (BatchNorm frozen, Dropout off, nothing patched).
+    Returns the original model's modules.
     """
     import copy
 
-    probe = copy.deepcopy(model)
+    probe = copy.deepcopy(model).eval()
     randomise_batchnorms(probe)
-    with torch.no_grad(), unsupervised_mode(probe):
+    with torch.no_grad():
         pairs = conv_bn_pairs(probe, inputs)
         plain = probe(inputs)
     if not pairs:
@@ -241,7 +246,11 @@ class ATCONLoss:
     def __call__(self, inputs: Tensor) -> ATCONOutput:
         if self._fold is None:
             self._fold = foldable_pairs(self.model, inputs)
-        with unsupervised_mode(self.model, self._fold), torch.inference_mode(False), torch.enable_grad():
+        with (
+            unsupervised_mode(self.model, self._fold, share_weights=True),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+        ):
             result = consistency(
                 self.model,
                 inputs,
@@ -250,8 +259,8 @@ class ATCONLoss:
                 create_graph=True,
                 watch_functional_relu=not self._relus_checked,
             )
+            loss = result.loss.mean()  # inside: a caller under inference_mode still gets a differentiable loss
         self._relus_checked = True
-        loss = result.loss.mean()
         if not torch.isfinite(loss.detach()):  # should be impossible; fail loudly rather than train on NaN
             raise FloatingPointError("ATCON loss is not finite")
         return ATCONOutput(

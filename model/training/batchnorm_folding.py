@@ -29,13 +29,34 @@ from torch import Tensor, nn
 
 from model.training.second_order_conv import WeightGradPool, conv_forward, pooled_weight
 
-__all__ = ["ConvBN", "conv_bn_pairs", "folded_batchnorm", "frozen_scale_shift", "randomise_batchnorms"]
+__all__ = [
+    "ConvBN",
+    "conv_bn_pairs",
+    "folded_batchnorm",
+    "frozen_scale_shift",
+    "plain_convolutions",
+    "randomise_batchnorms",
+]
 
 logger = logging.getLogger(__name__)
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 ConvBN = tuple[nn.Module, nn.Module]
+
+
+def plain_convolutions(model: nn.Module) -> list[nn.Module]:
+    """The ``Conv2d`` / ``Conv3d`` modules of ``model`` that compute exactly PyTorch's convolution.
+
+    A subclass with a forward of its own (weight standardisation, "same" padding done by hand, fake
+    quantisation) computes something else from its weight: it is never folded nor rerouted.
+    """
+    return [m for m in model.modules() if isinstance(m, _CONVS) and _is_plain(type(m))]
+
+
+def _is_plain(kind: type) -> bool:
+    base = nn.Conv2d if issubclass(kind, nn.Conv2d) else nn.Conv3d
+    return kind.forward is base.forward and kind._conv_forward is base._conv_forward
 
 
 def conv_bn_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
@@ -52,7 +73,7 @@ def conv_bn_pairs(model: nn.Module, inputs: Tensor) -> list[ConvBN]:
         if found is not None and found[1] is args[0] and module.track_running_stats:
             pairs.append((found[0], module))
 
-    handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, _CONVS)]
+    handles = [m.register_forward_hook(after_conv) for m in plain_convolutions(model)]
     handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _NORMS)]
     try:
         with torch.no_grad():
@@ -93,29 +114,34 @@ class _FoldedConv:
     112 px clips: 65 K activations, 2.4 M weights), an early one the reverse; the cheaper side is taken when
     ``numel(W) <= 4 * numel(output)``. Both give the unfolded network's values and gradients.
 
-    Within a block every use of the conv shares one weight tensor; where the weight outnumbers the activations it
-    goes through a :class:`~model.training.second_order_conv.WeightGradPool`, which sums the weight-gradient terms
-    of all those uses in one kernel call.
+    With ``share`` (one loss per block, as :class:`~model.training.atcon.ATCONLoss` makes it), every use of the
+    conv within the block shares one weight tensor, and where the weight outnumbers the activations that tensor
+    goes through a :class:`~model.training.second_order_conv.WeightGradPool`, which sums the weight-gradient
+    terms of all those uses in one kernel call. Without it every forward makes its own (folded) weight, so a
+    block may hold any number of forwards, backwards and optimiser steps.
     """
 
-    def __init__(self, conv: nn.Module, bn: nn.Module | None) -> None:
-        self.conv, self.bn = conv, bn
-        self._weights: dict[tuple[bool, bool, bool], tuple[Tensor, Tensor | None, WeightGradPool | None]] = {}
+    def __init__(self, conv: nn.Module, bn: nn.Module | None, *, share: bool) -> None:
+        self.conv, self.bn, self.share = conv, bn, share
+        self._shared: dict[tuple[bool, bool, bool], tuple[Tensor, Tensor | None, WeightGradPool | None]] = {}
 
     def _weight_for(self, fold: bool, pool: bool) -> tuple[Tensor, Tensor | None, WeightGradPool | None]:
-        """The (folded) weight and bias for this block, made once per grad mode and shared by every forward."""
-        key = (fold, pool, torch.is_grad_enabled())
-        if key not in self._weights:
-            conv = self.conv
-            weight, bias = conv.weight, conv.bias
-            if fold:
-                assert self.bn is not None
-                scale, shift = frozen_scale_shift(self.bn)
-                weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
-                bias = shift if bias is None else bias * scale + shift
-            weight, pool_of_weight = pooled_weight(weight) if pool else (weight, None)
-            self._weights[key] = (weight, bias, pool_of_weight)
-        return self._weights[key]
+        """The (folded) weight and bias; with ``share``, made once per grad mode and shared by every forward."""
+        key = (fold, pool and self.share, torch.is_grad_enabled())
+        if self.share and key in self._shared:
+            return self._shared[key]
+        conv = self.conv
+        weight, bias = conv.weight, conv.bias
+        if fold:
+            assert self.bn is not None
+            scale, shift = frozen_scale_shift(self.bn)
+            weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+            bias = shift if bias is None else bias * scale + shift
+        if not self.share:
+            return weight, bias, None
+        weight, pool_of_weight = pooled_weight(weight) if pool else (weight, None)
+        self._shared[key] = (weight, bias, pool_of_weight)
+        return self._shared[key]
 
     def __call__(self, x: Tensor) -> Tensor:
         conv = self.conv
@@ -143,8 +169,8 @@ def _output_numel(conv: nn.Module, x: Tensor) -> int:
     return int(x.shape[0]) * int(conv.out_channels) * spatial
 
 
-def _folded_forward(conv: nn.Module, bn: nn.Module | None):  # noqa: ANN202 - a bound forward
-    folded = _FoldedConv(conv, bn)
+def _folded_forward(conv: nn.Module, bn: nn.Module | None, share: bool):  # noqa: ANN202 - a bound forward
+    folded = _FoldedConv(conv, bn, share=share)
 
     def forward(self: nn.Module, x: Tensor) -> Tensor:
         return folded(x)
@@ -157,12 +183,16 @@ def _identity(self: nn.Module, x: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def folded_batchnorm(pairs: Sequence[ConvBN], convs: Sequence[nn.Module] = ()) -> Iterator[None]:
+def folded_batchnorm(pairs: Sequence[ConvBN], convs: Sequence[nn.Module] = (), *,
+                     share_weights: bool = False) -> Iterator[None]:
     """Within the block each pair's conv computes ``bn(conv(x))`` in one op and the bn passes through.
 
-    Every conv of ``pairs`` and ``convs`` (convolutions without a BatchNorm to fold) runs through
-    :func:`~model.training.second_order_conv.conv_forward`, whose double backward is cheaper. The
-    BatchNorms must be in eval mode (frozen statistics) for the whole block.
+    Every conv of ``pairs`` and ``convs`` (convolutions without a BatchNorm to fold; only plain ``Conv2d`` /
+    ``Conv3d``, see :func:`plain_convolutions`) runs through
+    :func:`~model.training.second_order_conv.conv_forward`, whose double backward is cheaper. The BatchNorms
+    must be in eval mode (frozen statistics) for the whole block. ``share_weights``: the block is one loss
+    (one graph, differentiated once): its forwards share each conv's weight and pool its gradient terms
+    (see :class:`_FoldedConv`); the weights must not change within the block.
     """
     paired = {id(c) for c, _ in pairs}
     plain = [c for c in convs if id(c) not in paired]
@@ -170,10 +200,10 @@ def folded_batchnorm(pairs: Sequence[ConvBN], convs: Sequence[nn.Module] = ()) -
     saved += [(c, c.__dict__.get("forward", _ABSENT)) for c in plain]
     try:
         for conv, bn in pairs:
-            conv.forward = _folded_forward(conv, bn)
+            conv.forward = _folded_forward(conv, bn, share_weights)
             bn.forward = types.MethodType(_identity, bn)
         for conv in plain:
-            conv.forward = _folded_forward(conv, None)
+            conv.forward = _folded_forward(conv, None, share_weights)
         yield
     finally:
         for module, previous in saved:

@@ -5,14 +5,15 @@ Why: ATCON's loss is a function of Guided Backprop's input gradient, so the opti
 ``gI = conv_input_grad(gO, W)``, it needs ``d/dgO = conv(ggI, W)`` and ``d/dW = weight_grad(gO, ggI)``.
 PyTorch's generic formula (``aten::_convolution_double_backward``) computes the weight term as a
 convolution with batch and channels swapped and ``gO`` as the kernel, and computes every term whether the
-backward needs it or not. On CPU (oneDNN) that costs 1.3x (ResNet-18 shapes) to 2.2x (r3d_18 shapes) the
-two first-order kernels that give the same numbers (``python benchmarks/training.py --double-backward``).
+backward needs it or not (both convolutions run even when only ``d/dW`` is asked for). On CPU (oneDNN) that
+costs up to 1.9x the two first-order kernels that give the same numbers (``python benchmarks/training.py
+--double-backward``).
 
 Here a convolution is an :class:`torch.autograd.Function` whose input gradient is itself a Function with
 an explicit backward: ``conv`` for the output-gradient term and ``convolution_backward`` (the ordinary
 weight-gradient kernel) for the weight term. Each backward computes only the gradients that the running
-backward pass will use (``torch._C._will_engine_execute_node``, the check PyTorch's FSDP uses): the guided
-pass, which asks for input gradients only, computes no weight gradient. All operations inside are
+backward pass will use (``torch._C._will_engine_execute_node``, the check PyTorch's own nodes make through
+their output masks): the guided pass asks for input gradients only. All operations inside are
 differentiable, so higher orders still work; the finite-difference tests in
 ``tests/model/test_atcon_gradient.py`` check the result in float64.
 """
@@ -79,8 +80,10 @@ def _needed(ctx: Any, count: int) -> list[bool]:
 def _will_run(node: Any) -> bool:
     try:
         return bool(torch._C._will_engine_execute_node(node))
-    except RuntimeError:  # a leaf during autograd.grad
-        return True
+    except RuntimeError as exc:
+        if "leaf node" in str(exc):  # a leaf captured by autograd.grad: PyTorch cannot say; compute it
+            return True
+        raise
 
 
 class _Conv(Function):
@@ -152,17 +155,23 @@ class WeightGradPool:
     The terms are collected by the convolutions' backwards (which then return no weight gradient) and summed
     by :class:`_PooledWeight`, whose backward runs after all of them: the engine runs a node once every node
     using its output is done.
+
+    Terms are kept per backward pass (``torch._C._current_graph_task_id``): a pass that raised half-way (an
+    out-of-memory error caught and retried, a hook) leaves terms that the next pass over the same graph must not
+    count, so a flush takes its own pass's terms and drops every other.
     """
 
     def __init__(self) -> None:
-        self._terms: list[tuple[_Geometry, Tensor, Tensor]] = []
+        self._terms: list[tuple[int, _Geometry, Tensor, Tensor]] = []
 
     def add(self, geometry: _Geometry, grad_out: Tensor, inputs: Tensor) -> None:
-        self._terms.append((geometry, grad_out, inputs))
+        self._terms.append((torch._C._current_graph_task_id(), geometry, grad_out, inputs))
 
     def flush(self, weight: Tensor) -> Tensor | None:
-        """The summed weight gradient of the terms collected so far (None without any); forgets them."""
-        terms, self._terms = self._terms, []
+        """The summed weight gradient of this backward pass's terms (None without any); forgets every term."""
+        task = torch._C._current_graph_task_id()
+        terms = [(g, go, x) for t, g, go, x in self._terms if t == task]
+        self._terms = []
         if not terms:
             return None
         geometry = terms[0][0]
@@ -213,11 +222,13 @@ def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None
     """``conv``'s forward on ``x`` with the given (possibly folded) ``weight`` and ``bias``.
 
     Same values as ``conv._conv_forward(x, weight, bias)``; a ``Conv2d``/``Conv3d`` with explicit padding
-    (any ``padding_mode``) goes through the Functions above, anything else (string padding such as
-    ``"same"``) through PyTorch's own convolution. ``pool``: the :class:`WeightGradPool` of ``weight`` (as
-    returned with it by :func:`pooled_weight`), or None to compute each weight-gradient term on its own.
+    (any ``padding_mode``) goes through the Functions above; anything else (string padding such as ``"same"``,
+    or a call under autocast, which casts PyTorch's own convolution only) through PyTorch's own convolution.
+    ``pool``: the :class:`WeightGradPool` of ``weight`` (as returned with it by :func:`pooled_weight`), or None
+    to compute each weight-gradient term on its own.
     """
-    if isinstance(conv.padding, str) or not isinstance(conv, nn.Conv2d | nn.Conv3d):
+    if (isinstance(conv.padding, str) or not isinstance(conv, nn.Conv2d | nn.Conv3d)
+            or torch.is_autocast_enabled(x.device.type)):  # autocast casts PyTorch's own conv, not these Functions
         return conv._conv_forward(x, weight, bias)
     padding = tuple(int(p) for p in conv.padding)
     if conv.padding_mode != "zeros":

@@ -26,10 +26,10 @@ from server.services.jobs import (
     LIVE,
     JobKind,
     Reclaimed,
-    close_children,
     create_job,
     expired_jobs,
     fail_job,
+    fail_parent_of,
     owner_is_dead_here,
     queued_jobs,
     reclaim,
@@ -64,10 +64,7 @@ def recover_lost_jobs(*, session: Session, settings: Settings, at_startup: bool 
 
 def _close_parent(session: Session, segment: Job) -> None:
     """A segment lost its worker every time: its recording's scoring job fails with it, the other segments stop."""
-    parent = session.get(Job, segment.parent_id)
-    if parent is not None and parent.status in LIVE:
-        fail_job(session=session, job_id=parent.id, reason=f"segment {segment.segment}: {segment.error}")
-        close_children(session=session, parent_id=parent.id)
+    fail_parent_of(session=session, segment=segment, reason=f"segment {segment.segment}: {segment.error}")
 
 
 def _close_recording(session: Session, recording: Recording, kind: str, reason: str) -> None:
@@ -123,10 +120,11 @@ def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, 
     is suspect once it has waited ``job_redispatch_seconds`` since its last hand-over (or creation). A queue is
     short when it holds fewer messages (``depths``: ready messages per queue, read from the broker just before)
     than it has suspects, so a backlog the broker still holds is never doubled. Suspects are sent again only when
-    their queue was short in the previous pass too (``short_before``): a message a worker has just taken but whose
-    job it has not started yet is missing from the count for a moment, and must not make the whole backlog go
-    again. Whatever is sent twice is harmless: the first delivery starts the job (atomic queued -> running), the
-    other finds it taken and does nothing. Each suspect's ``dispatched_at`` is set here, before it is sent, so
+    their queue was short in the previous pass too (``short_before``), and only as many as it is short of, longest
+    waiting first: a message a worker has just taken but whose job it has not started yet (a model still loading)
+    is missing from the count for a while, and must not make the whole backlog go again. Whatever is sent twice
+    is harmless: the first delivery starts the job (atomic queued -> running), the other finds it taken and does
+    nothing. Each suspect's ``dispatched_at`` is set here, before it is sent, so
     another sweeper passes it over for an interval. A job handed over ``job_max_dispatches`` times without ever
     starting is failed (its recording too) instead of being sent for ever: no worker takes it."""
     now = utcnow()
@@ -139,7 +137,10 @@ def lost_messages(*, session: Session, settings: Settings, depths: Mapping[str, 
     resend: list[Work] = []
     failed: list[Work] = []
     for queue in sorted(short & short_before):
-        for job in by_queue[queue]:
+        # only as many as the queue is short of, those waiting longest first: a worker still starting holds a
+        # message it has taken but not yet started, and must not make the whole backlog go again
+        waiting = sorted(by_queue[queue], key=lambda j: (j.dispatched_at or j.created_at, j.id))
+        for job in waiting[: len(waiting) - depths.get(queue, 0)]:
             row = (job.id, job.kind, job.recording_id)
             if job.dispatch_count < settings.job_max_dispatches:
                 job.dispatched_at = now  # claimed in this transaction: another sweeper leaves it for an interval

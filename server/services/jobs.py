@@ -364,6 +364,7 @@ def release_job(*, session: Session, job_id: int, owner: str, reason: str) -> Jo
     _check(job, _Q)
     job.status, job.error = _Q, reason
     job.lease_owner, job.lease_expires_at = None, None
+    job.dispatched_at = utcnow()  # its retry message is on its way (held by the worker until its countdown ends)
     job.attempts = max(0, job.attempts - 1)
     job.result = {**(job.result or {}), "retries": int((job.result or {}).get("retries", 0)) + 1}
     return job
@@ -409,6 +410,18 @@ def note_progress(*, session: Session, job_id: int, progress: float) -> bool:
         .execution_options(synchronize_session=False)
     ).rowcount
     return bool(changed)
+
+
+def fail_parent_of(*, session: Session, segment: Job, reason: str) -> bool:
+    """A segment that failed fails its recording's scoring job, and the parent's other segments stop; True if it
+    did. A parent that ended already, or that a finaliser holds (its lease: the segments were all done), is left
+    as it is."""
+    parent = session.get(Job, segment.parent_id) if segment.parent_id is not None else None
+    if parent is None or parent.status not in LIVE or parent.lease_owner is not None:
+        return False
+    fail_job(session=session, job_id=parent.id, reason=reason)
+    close_children(session=session, parent_id=parent.id)
+    return True
 
 
 def close_children(*, session: Session, parent_id: int) -> int:

@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -33,7 +34,7 @@ import torch
 from model.accel import InferenceOptions, to_channels_last
 from model.inference import frames_to_tensor
 from model.prefetch import prefetch
-from model.weights import LoadedModel
+from model.weights import LoadedModel, load_checkpoint
 from server.observability.metrics import observe_batch
 from server.observability.scoring import ObservedScorer
 
@@ -43,6 +44,14 @@ log = logging.getLogger(__name__)
 
 #: model copies a batcher keeps (oldest dropped first), as ``ModelCache`` does
 MAX_MODELS = 2
+
+
+def private_copy(loaded: LoadedModel) -> LoadedModel:
+    """A model of the batcher's own, loaded again from the checkpoint file (a deep copy of the shared model could
+    catch another thread's explanation hooks on it mid-forward); a deep copy when there is no file."""
+    if loaded.path and Path(loaded.path).is_file():
+        return load_checkpoint(loaded.path, device=loaded.device)
+    return copy.deepcopy(loaded)
 
 
 @dataclass
@@ -104,7 +113,7 @@ class Batcher:
             if scorer is None:
                 while len(self._scorers) >= MAX_MODELS:
                     self._scorers.popitem(last=False)
-                scorer = ObservedScorer(copy.deepcopy(loaded), batch_size=self.max_batch, options=self.options)
+                scorer = ObservedScorer(private_copy(loaded), batch_size=self.max_batch, options=self.options)
                 self._scorers[key] = scorer
             return scorer
 

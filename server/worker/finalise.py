@@ -14,7 +14,9 @@ then moved into each new event's folder inside it, so the transaction stays shor
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,6 +49,12 @@ from server.worker.segments import committed_run, load_target
 
 log = logging.getLogger(__name__)
 
+#: One recording's event media rendered at a time per process: finalisations in the threads of one worker
+#: would only compete for the same cores and memory. (The attribution engine's hooks act only for the thread
+#: that explains, so live streams, which render as their events close, never wait for this lock; the batcher
+#: scores with a model of its own.)
+RENDER_LOCK = threading.Lock()
+
 def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobLease | None,
              warnings: list[str]) -> None:
     """Derive, explain and store the recording's events from its committed clips; close the recording (scored,
@@ -63,8 +71,7 @@ def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobL
             Event.source == EventSource.model))}
     scores = np.stack(run.scores) if run.scores else np.zeros((0, len(target.class_names)), dtype=np.float32)
     detected = detect_events(run.starts, run.ends, scores, target.class_names, event_rule(ctx.settings))
-    staging = ctx.settings.media_dir / "events" / "staging" / f"{recording_id}-{version_id}"
-    shutil.rmtree(staging, ignore_errors=True)  # what a dead run left
+    staging = _staging_dir(ctx.settings.media_dir, recording_id, version_id, lease)
     render, export = file_media(ctx, target.loaded, target.video_path, target.source_size, run)
     staged: list[tuple[DetectedEvent, Path, RenderedEvent | None, ExportedClip | None]] = []
     for number, found in enumerate(detected):
@@ -73,7 +80,8 @@ def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobL
         out = staging / str(number)
         label_index = target.class_names.index(found.label)
         peak = peak_of(found, run, label_index)
-        media = render(peak, event_clips(run.starts, run.ends, found.start, found.end, peak), label_index, out)
+        with RENDER_LOCK:
+            media = render(peak, event_clips(run.starts, run.ends, found.start, found.end, peak), label_index, out)
         clip = export(found.start, found.end, out / "clip.mp4") if media is not None and export is not None else None
         staged.append((found, out, media, clip))
         if lease is not None:
@@ -93,6 +101,17 @@ def finalise(ctx: WorkerContext, recording_id: int, version_id: int, lease: JobL
         _close(session, recording_id, lease, run_clips=len(run.starts), events=len(detected), warnings=warnings)
     shutil.rmtree(staging, ignore_errors=True)
     log.info("recording %s scored: %d clips, %d events (%d new)", recording_id, len(run.starts), len(detected), added)
+
+
+def _staging_dir(media_dir: Path, recording_id: int, version_id: int, lease: JobLease | None) -> Path:
+    """A folder of this run's own to render into, after removing what earlier runs left. Its own: a run that lost
+    its lease without noticing (its database connection gone) may still be rendering, and must not fill the folder
+    its successor moves from."""
+    root = media_dir / "events" / "staging"
+    for stale in root.glob(f"{recording_id}-{version_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    owner = re.sub(r"[^A-Za-z0-9_.-]", "_", lease.owner) if lease is not None else "embedded"
+    return root / f"{recording_id}-{version_id}-{owner}"
 
 
 def _close(session, recording_id: int, lease: JobLease | None, *, run_clips: int, events: int,  # type: ignore[no-untyped-def]

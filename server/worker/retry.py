@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.session import session_scope
 from server.db.tables import Job, Recording
-from server.services.jobs import LIVE, close_children, fail_job
+from server.services.jobs import LIVE, close_children, fail_job, fail_parent_of
 from server.services.recordings import mark_failed
 from server.settings import Settings
 
@@ -89,10 +89,7 @@ def give_up(factory: sessionmaker[Session], job_id: int | None, reason: str, ret
             return
         fail_job(session=session, job_id=job_id, reason=message)
         close_children(session=session, parent_id=job_id)
-        parent = session.get(Job, job.parent_id) if job.parent_id is not None else None
-        if parent is not None and parent.status in LIVE:
-            fail_job(session=session, job_id=parent.id, reason=f"segment {job.segment}: {message}")
-            close_children(session=session, parent_id=parent.id)
+        fail_parent_of(session=session, segment=job, reason=f"segment {job.segment}: {message}")
         recording = session.get(Recording, job.recording_id) if job.recording_id is not None else None
         if recording is not None:
             mark_failed(recording=recording, reason=message)

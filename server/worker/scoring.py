@@ -31,14 +31,13 @@ from server.job_lease import JobLease
 from server.observability.metrics import observe_job
 from server.pipeline import WorkerContext
 from server.services.jobs import (
-    LIVE,
     IllegalTransition,
     JobKind,
     LeaseLost,
     cancel_job,
     children,
-    close_children,
     fail_job,
+    fail_parent_of,
     get_job,
     new_owner,
     release_job,
@@ -48,7 +47,8 @@ from server.services.jobs import (
     wait_for_children,
 )
 from server.services.models import get_active_model
-from server.worker.finalise import claim_finalisation, fail_recording, finalise, finalise_when_done
+from server.services.recordings import mark_failed
+from server.worker.finalise import claim_finalisation, finalise, finalise_when_done
 from server.worker.retry import RetryLater, is_transient
 from server.worker.segments import (
     ParentClosed,
@@ -309,21 +309,22 @@ def _release(ctx: WorkerContext, job_id: int | None, owner: str, exc: BaseExcept
 
 
 def _fail(ctx: WorkerContext, recording_id: int, job_id: int | None, owner: str, reason: str) -> None:
-    """Fail the recording and the job; a segment's failure also fails its recording's scoring job and stops the
-    other segments."""
-    parent_id: int | None = None
-    if job_id is not None:
+    """Fail the job and the recording in one transaction; a segment's failure also fails its recording's scoring
+    job and stops the other segments. A job no longer this worker's (its lease taken) writes nothing."""
+    try:
         with session_scope(ctx.session_factory) as session:
-            job = session.get(Job, job_id)
-            parent_id = job.parent_id if job is not None else None
-    fail_recording(ctx, recording_id, job_id, owner, reason)
-    if parent_id is None:
-        return
-    with session_scope(ctx.session_factory) as session:
-        parent = session.get(Job, parent_id)
-        if parent is not None and parent.status in LIVE:
-            fail_job(session=session, job_id=parent_id, reason=f"a segment failed: {reason}")
-            close_children(session=session, parent_id=parent_id)
+            job = session.get(Job, job_id) if job_id is not None else None
+            if job_id is not None:
+                fail_job(session=session, job_id=job_id, reason=reason, owner=owner)
+            if job is not None and job.parent_id is not None:
+                if not fail_parent_of(session=session, segment=job, reason=f"a segment failed: {reason}"):
+                    return  # the recording's scoring job ended or is being finalised: it says how the recording ends
+            recording = session.get(Recording, recording_id)
+            if recording is not None:
+                mark_failed(recording=recording, reason=reason)
+    except LeaseLost:
+        log.warning("recording %s: job %s is no longer this worker's; its failure (%s) is not written", recording_id,
+                    job_id, reason)
 
 
 def _settle_segment(ctx: WorkerContext, job_id: int | None, owner: str) -> None:

@@ -309,6 +309,9 @@ def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_n
             problems.clear()
             row = store_event(ctx, session, recording_id, version_id, event, run, class_names, started_at,
                               render_for(event), None)
+            emitted.add((event.label, event.start))
+            if row is None:  # stored already (a reader that lost its lease got there first): nothing more to do
+                continue
             if row.key_frame_path is None:
                 reason = "; ".join(problems) if problems else "its frames were lost with the reader that died"
                 note_media_error(session=session, event_id=row.id, error=f"no explanations: {reason}")
@@ -316,7 +319,6 @@ def _emit_closed(ctx: WorkerContext, recording_id: int, version_id: int, class_n
                 note_media_error(session=session, event_id=row.id,
                                  error=f"explanation maps incomplete: {'; '.join(problems)}")
             stored.append((row.id, event.start, event.end))
-            emitted.add((event.label, event.start))
     if archive is not None:
         for event_id, start, end in stored:
             archive.add(event_id, start, end)

@@ -113,3 +113,91 @@ def test_every_way_of_running_the_convolutions_has_the_true_gradient(
 def test_tiny_nets_fold_every_batchnorm() -> None:
     for kind, net in (("images", Tiny2D(num_classes=3, widths=SMALL)), ("clips", Tiny3D(num_classes=3, widths=SMALL))):
         assert len(foldable_pairs(net.double().eval(), _inputs(kind))) == len(SMALL)
+
+
+class _StdConv2d(nn.Conv2d):
+    """Weight standardisation (BiT, timm's StdConv2d): a forward of its own over the same weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_a_convolution_with_a_forward_of_its_own_is_left_alone() -> None:
+    """Neither folded nor rerouted: ATCON's passes compute the model's own function."""
+    torch.manual_seed(0)
+    net = nn.Sequential(_StdConv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert batchnorm_folding.plain_convolutions(net) == [net[3]]
+    pairs = foldable_pairs(net, x)
+    assert [c for c, _ in pairs] == [net[3]]  # the plain conv folds, the standardised one does not
+    with torch.no_grad():
+        plain = net(x)
+        with unsupervised_mode(net, pairs):
+            patched = net(x)
+    torch.testing.assert_close(patched, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_unsupervised_mode_holds_several_steps() -> None:
+    """Without weight sharing (the default) a block may run forward, backward and optimiser steps repeatedly,
+    and every forward sees the current weights."""
+    net = _model("images").float()
+    x = _inputs("images").float()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with unsupervised_mode(net, foldable_pairs(net, x)):
+        for _ in range(2):
+            net(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            inside = net(x)
+    with torch.no_grad():
+        torch.testing.assert_close(inside, net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_backward_that_failed_half_way_leaves_nothing_in_the_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weight-gradient terms collected by a backward pass that raised are not counted by the next pass."""
+    monkeypatch.setattr(batchnorm_folding, "_POOL_RATIO", 0)  # every weight pooled
+    net = _model("images")
+    x = _inputs("images")
+    params = list(net.parameters())
+    expected = torch.autograd.grad(ATCONLoss(net)(x).loss, params, allow_unused=True)
+
+    armed = {"raise": False}
+
+    def fail_once(grad: torch.Tensor) -> torch.Tensor:
+        if armed["raise"]:
+            armed["raise"] = False
+            raise RuntimeError("a failure half-way through the backward pass")
+        return grad
+
+    def hook_output(module: nn.Module, args: object, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            output.register_hook(fail_once)
+
+    handle = net.blocks[1].register_forward_hook(hook_output)
+    try:
+        loss = ATCONLoss(net)(x).loss
+    finally:
+        handle.remove()
+    armed["raise"] = True
+    with pytest.raises(RuntimeError, match="half-way"):
+        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    retried = torch.autograd.grad(loss, params, allow_unused=True)
+    assert sum(g is not None for g in retried) > 0
+    for got, want in zip(retried, expected, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_loss_is_differentiable_when_called_under_inference_mode() -> None:
+    net = _model("images")
+    x = _inputs("images")
+    with torch.inference_mode():
+        loss = ATCONLoss(net)(x).loss
+    assert loss.requires_grad
+    grads = torch.autograd.grad(loss, [p for p in net.parameters()], allow_unused=True)
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)

@@ -127,7 +127,11 @@ def test_the_sweeper_leaves_waiting_jobs_alone_while_the_broker_is_down(factory:
     dispatcher = CeleryDispatcher(settings)
     try:
         assert dispatcher.process_recording(1, waiting) is None  # a failed send is no error for the caller
-        assert JobSweeper(settings, factory, dispatcher).resend_lost() == 0  # depths unknown: nothing decided
+        assert dispatcher.score_segment(waiting) is None
+        sweeper = JobSweeper(settings, factory, dispatcher)
+        assert sweeper.resend_lost() == 0  # depths unknown: nothing decided
+        segment = _job(factory, jobs.JobKind.segment, sent=0, age=120)
+        sweeper.dispatch([(segment, jobs.JobKind.segment, None), (waiting, jobs.JobKind.score, 1)])  # no raise
     finally:
         dispatcher.shutdown()
     with session_scope(factory) as session:
@@ -174,3 +178,17 @@ def test_a_lost_segment_message_is_sent_again(factory: sessionmaker[Session], tm
     with session_scope(factory) as session:
         decided = lost_messages(session=session, settings=settings, depths={"inference": 0}, short_before=short)
     assert [(job_id, kind) for job_id, kind, _ in decided.resend] == [(segment, jobs.JobKind.segment)]
+
+
+def test_a_short_queue_gets_back_only_what_it_is_short_of(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """Three jobs wait, the broker holds two messages (a worker is still starting with the third): one goes again,
+    the one waiting longest; the others' hand-over counts stay as they were."""
+    settings = _settings(tmp_path)
+    oldest = _job(factory, age=300)
+    middle = _job(factory, age=200)
+    newest = _job(factory, age=120)
+    short = frozenset({"inference"})
+    assert _lost(factory, settings, short, inference=2) == ([oldest], [], short)
+    with session_scope(factory) as session:
+        counts = {j: jobs.get_job(session=session, job_id=j).dispatch_count for j in (oldest, middle, newest)}
+    assert counts == {oldest: 1, middle: 1, newest: 1}  # note_task_id counts the re-send when it is made

@@ -140,3 +140,18 @@ def test_migration_0014_backfills_agreement_and_totals(db_url: str, tmp_path: Pa
         upgrade(db_url)
     finally:
         engine.dispose()
+
+
+def test_the_queue_and_the_event_say_why_media_is_missing(client: TestClient) -> None:
+    """``media_error`` (a live stream's archive could not give a clip) is one of the columns a page shows."""
+    factory = client.app.state.session_factory  # type: ignore[attr-defined]
+    bulk_events(factory.kw["bind"], 2, n_recordings=1, seed=6)
+    with factory() as session:
+        broken, fine = session.scalars(select(Event.id).order_by(Event.id)).all()
+        session.execute(text("UPDATE event SET media_error = 'archive segment seg-3.ts is damaged' WHERE id = :id"),
+                        {"id": broken})
+        session.commit()
+    listed = {e["id"]: e for e in client.get("/api/v1/events", params={"limit": 10}).json()["data"]}
+    assert listed[broken]["media_error"] == "archive segment seg-3.ts is damaged"
+    assert listed[fine]["media_error"] is None
+    assert client.get(f"/api/v1/events/{broken}").json()["media_error"] == "archive segment seg-3.ts is damaged"
