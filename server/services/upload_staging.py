@@ -10,7 +10,9 @@ recording. A process killed part-way (``kill -9``, OOM, a power cut) leaves one 
 For the second, the process writes a claim (the recording id and the file's path) into its staging directory
 just before the move. At start-up :func:`clean_dead_uploads` removes the staging directories of this host's
 dead processes and, for a claim whose recording does not exist, the moved file: nothing half-registered stays.
-Live uploads of other processes (``serve --workers N``, other hosts sharing the data volume) are never touched.
+Live uploads of other processes (``serve --workers N``, other hosts sharing the data volume) are never touched;
+another host's directory goes once nothing has written to it for a day (a container recreated under a new host
+name never comes back for it).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 
 INCOMING = "incoming"
 CLAIM = ".claim.json"
-#: staging directories of the format before owners were named (32 hex digits) are removed once this old
-LEGACY_MAX_AGE_SECONDS = 24 * 3600
+#: a staging directory nothing has written to for this long is removed whoever made it
+STALE_SECONDS = 24 * 3600
 
 
 def new_staging_dir(settings: Settings) -> Path:
@@ -73,10 +75,20 @@ def clean_dead_uploads(settings: Settings, factory: sessionmaker[Session]) -> in
 
 
 def _abandoned(staging: Path) -> bool:
-    if _is_staging_dir(staging):
-        return owner_is_dead_here(staging.name)
-    legacy = len(staging.name) == 32 and all(c in "0123456789abcdef" for c in staging.name)
-    return legacy and time.time() - staging.stat().st_mtime > LEGACY_MAX_AGE_SECONDS
+    """A staging directory of a dead process of this host; or one nothing has written to for a day, whoever made
+    it (another host's, e.g. a container recreated under a new host name; or of the format before owners were
+    named): an upload still arriving writes to it all the time."""
+    if _is_staging_dir(staging) and owner_is_dead_here(staging.name):
+        return True
+    return _idle_seconds(staging) > STALE_SECONDS
+
+
+def _idle_seconds(staging: Path) -> float:
+    newest = staging.stat().st_mtime
+    for entry in staging.iterdir():
+        with contextlib.suppress(OSError):
+            newest = max(newest, entry.stat().st_mtime)
+    return time.time() - newest
 
 
 def _undo_claim(settings: Settings, factory: sessionmaker[Session], staging: Path) -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,8 +160,12 @@ def test_start_up_removes_dead_uploads_and_their_uncommitted_files_only(db_url: 
         kept = [
             _stage(settings, f"{host}:{sleeper.pid}:aaaa0005"),  # a live upload of another process
             _stage(settings, f"{new_staging_dir(settings).name}"),  # a live upload of this process
-            _stage(settings, f"another-host:{_dead_pid()}:aaaa0006"),  # not ours to judge
+            _stage(settings, f"another-host:{_dead_pid()}:aaaa0006"),  # not ours to judge while it is written to
         ]
+        idle = _stage(settings, f"recreated-container:{_dead_pid()}:aaaa0007")  # nothing written for over a day
+        for path in (idle, *idle.iterdir()):
+            os.utime(path, (time.time() - 25 * 3600,) * 2)
+        gone.append(idle)
         assert clean_dead_uploads(settings, factory) == len(gone)
     finally:
         sleeper.kill()
