@@ -117,10 +117,11 @@ def test_migration_0014_backfills_agreement_and_totals(db_url: str, tmp_path: Pa
             conn.execute(text("INSERT INTO recording (id, source, status, warnings, clip_count, created_at, "
                               "updated_at) VALUES (90, 's.mp4', 'scored', '[]', 0, '2026-01-01T00:00:00+00:00', "
                               "'2026-01-01T00:00:00+00:00')"))
-            for event_id, status in ((90, "confirmed"), (91, "flagged"), (92, "flagged")):
+            for event_id, status in ((90, "confirmed"), (91, "flagged"), (92, "flagged")):  # one start each (0011)
                 conn.execute(text("INSERT INTO event (id, recording_id, label, start, \"end\", peak_score, peak_time, "
-                                  "model_version_id, status, created_at) VALUES (:id, 90, 'fall', 0, 1, 0.5, 0.5, 90, "
-                                  ":status, '2026-01-01T00:00:00+00:00')"), {"id": event_id, "status": status})
+                                  "model_version_id, status, created_at) VALUES (:id, 90, 'fall', :start, :start + 1, "
+                                  "0.5, 0.5, 90, :status, '2026-01-01T00:00:00+00:00')"),
+                             {"id": event_id, "status": status, "start": float(event_id - 90) * 10})
             for event_id, method, agreement in ((90, "grad_cam", None), (90, "guided_backprop", 0.75),
                                                 (90, "guided_grad_cam", 0.25), (91, "grad_cam", None)):
                 conn.execute(text("INSERT INTO explanation (event_id, method, key_frame_time, overlay_path, agreement, "

@@ -369,11 +369,12 @@ def test_the_migration_backfills_one_row_per_reviewed_event(db_url: str) -> None
                       "note": None, "reviewer": None, "reviewed_at": None}
             # the event table as it is at 0003 (the ORM's has the columns of later revisions, e.g. 0009's source)
             conn.execute(Table("event", MetaData(), autoload_with=conn).insert(), [
+                # three events of one model at three starts (migration 0011 makes a model's event unique there)
                 {**common, "id": 1, "status": "confirmed", "reviewer": "nurse.jo", "reviewed_at": reviewed_at,
                  "note": "seen"},
-                {**common, "id": 2, "status": "relabelled", "reviewed_label": "bed_exit", "reviewer": "admin-token",
-                 "reviewed_at": reviewed_at},
-                {**common, "id": 3, "status": "flagged"},
+                {**common, "id": 2, "start": 10.0, "end": 11.0, "status": "relabelled", "reviewed_label": "bed_exit",
+                 "reviewer": "admin-token", "reviewed_at": reviewed_at},
+                {**common, "id": 3, "start": 20.0, "end": 21.0, "status": "flagged"},
             ])
         upgrade(db_url)
         with engine.connect() as conn:

@@ -22,12 +22,35 @@ from server.worker.scoring import process_recording, run_segment
 from tests.server.faults_support import kill, process_env, register_copy, wait_for
 from tests.server.segments_support import assert_same_outcome, jobs_of, outcome
 
-#: a worker process that takes one segment job, as a Celery worker's score_segment task would
-SEGMENT_WORKER = """
-import sys
+#: a worker process that takes one segment job, as a Celery worker's score_segment task would, stalled right
+#: after its first committed batch, so that the kill lands mid-segment however fast the
+#: machine is (its heartbeat goes on: only the kill makes its lease run out)
+STALLING_SEGMENT_WORKER = """
+import sys, time
 from server.bootstrap import make_worker_context
 from server.settings import Settings
+from server.worker import segments
 from server.worker.scoring import run_segment
+commit = segments.commit_clips
+def commit_then_stall(*args, **kwargs):
+    commit(*args, **kwargs)
+    args[0].commit()
+    time.sleep(3600)
+segments.commit_clips = commit_then_stall
+run_segment(make_worker_context(Settings()), int(sys.argv[1]))
+"""
+#: a last segment's worker that stalls when it starts rendering the recording's event media (as finaliser)
+STALLING_FINALISER = """
+import contextlib, sys, time
+from server.bootstrap import make_worker_context
+from server.settings import Settings
+from server.worker import finalise
+from server.worker.scoring import run_segment
+@contextlib.contextmanager
+def stall():
+    time.sleep(3600)
+    yield
+finalise.RENDER_LOCK = stall()
 run_segment(make_worker_context(Settings()), int(sys.argv[1]))
 """
 
@@ -59,8 +82,8 @@ def test_a_killed_workers_segment_is_handed_on(db_url: str, tmp_path: Path, ward
     assert len(handed_out) == 2
     second = jobs_of(factory, victim)[2]
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-c", SEGMENT_WORKER, str(second.id)], env=process_env(settings),
-                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-c", STALLING_SEGMENT_WORKER, str(second.id)],
+                              env=process_env(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT)
     first_of_second = second.params["first"]
     wait_for(lambda: _clips_from(factory, victim, first_of_second) >= 2, timeout=180, process=worker, log=log)
     kill(worker)  # mid-segment
@@ -101,8 +124,8 @@ def test_a_finaliser_killed_mid_media_is_replaced_and_the_events_are_stored_once
     process_recording(ctx, victim, job_id)
     run_segment(ctx, handed_out[0])
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-c", SEGMENT_WORKER, str(handed_out[1])], env=process_env(settings),
-                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-c", STALLING_FINALISER, str(handed_out[1])],
+                              env=process_env(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT)
     # the last segment's worker takes the scoring job's lease to finalise: kill it while it renders the media
     wait_for(lambda: _held_by(factory, job_id, worker.pid), timeout=180, process=worker, log=log)
     kill(worker)
