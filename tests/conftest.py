@@ -19,6 +19,21 @@ PG_ADMIN = os.environ.get("WARDWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:
 REDIS_URL = os.environ.get("WARDWATCH_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
+#: test modules that share the machine's Redis (fixed database numbers) or RabbitMQ: run one after another on one
+#: xdist worker (``--dist loadgroup``), never beside each other
+BROKER_MODULES = frozenset({
+    "test_distributed", "test_faults_celery", "test_schemathesis", "test_webhook_hardening", "test_webhooks",
+    "test_celery_segments", "test_broker_restart", "test_ready_and_logs",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if module in BROKER_MODULES or item.get_closest_marker("redis") or item.get_closest_marker("rabbitmq"):
+            item.add_marker(pytest.mark.xdist_group("broker"))
+
+
 def _pg_url(dbname: str) -> str:
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     return f"{base}/{dbname}"
