@@ -17,21 +17,22 @@ import pytest
 
 PG_ADMIN = os.environ.get("WARDWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("WARDWATCH_TEST_REDIS", "redis://127.0.0.1:6379")
+# Test modules that use the machine's Redis each have a database number of their own, and a module's tests run in
+# one test process one after another (pyproject.toml: --dist loadfile), so two modules never share a database:
+# 9 test_distributed, 10 test_webhooks, 11 test_webhook_hardening, 12 test_ready_and_logs, 13 test_schemathesis,
+# 14 test_faults_celery. RabbitMQ tests make a virtual host each; the broker-restart tests run private brokers.
 
 
-#: test modules that share the machine's Redis (fixed database numbers) or RabbitMQ: run one after another on one
-#: xdist worker (``--dist loadgroup``), never beside each other
-BROKER_MODULES = frozenset({
-    "test_distributed", "test_faults_celery", "test_schemathesis", "test_webhook_hardening", "test_webhooks",
-    "test_celery_segments", "test_broker_restart", "test_ready_and_logs",
-})
-
-
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every item an id of its own: schemathesis's items (one per API operation) share their function's id,
+    and the two test processes (pytest-xdist) tell items apart by id."""
+    from _pytest.nodeid import NodeId
+
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
-        if module in BROKER_MODULES or item.get_closest_marker("redis") or item.get_closest_marker("rabbitmq"):
-            item.add_marker(pytest.mark.xdist_group("broker"))
+        head, _, last = item.nodeid.rpartition("::")
+        if head and last != item.name:
+            item._id = NodeId.parse(f"{head}::{item.name}")
 
 
 def _pg_url(dbname: str) -> str:

@@ -228,7 +228,10 @@ class CeleryDispatcher:
         return self._send_job(PROCESS_RECORDING, [recording_id, job_id], INFERENCE_QUEUE)
 
     def score_segment(self, job_id: int) -> str | None:
-        return self._send_job(SCORE_SEGMENT, [job_id], INFERENCE_QUEUE)
+        """Raises when the broker is away: a recording's scoring task that hands out its segments retries then (the
+        sweeper, which also sends segments, catches it per job)."""
+        return str(self._celery.send_task(SCORE_SEGMENT, args=[job_id], queue=INFERENCE_QUEUE,
+                                          headers=task_headers()).id)
 
     def finetune(self, job_id: int) -> str | None:
         return self._send_job(FINETUNE, [job_id], TRAINING_QUEUE)

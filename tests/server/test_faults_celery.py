@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.postgres]
 
 @pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest) -> Iterator[str]:
-    with shared_broker(request.param, redis_db=13) as url:  # Redis: a database of its own (test_distributed: /9)
+    with shared_broker(request.param, redis_db=14) as url:  # a Redis database of its own (see tests/conftest.py)
         yield url
 
 

@@ -23,7 +23,7 @@ from server.worker.request_ids import task_headers
 from tests.conftest import REDIS_URL, _admin_exec
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-BROKER = f"{REDIS_URL}/13"
+BROKER = f"{REDIS_URL}/12"  # a Redis database of its own (tests/conftest.py)
 
 
 def _settings(pg_url: str, tmp_path: Path, broker: str | None = BROKER) -> Settings:
