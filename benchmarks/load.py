@@ -19,8 +19,8 @@ prints ``EXPLAIN ANALYZE`` of the statements one queue page sends. ``--profile``
 (``benchmarks/profile_server.py``, every thread) and prints where its CPU time went.
 
 Usage: ``.venv/bin/python benchmarks/load.py [--events 100000] [--clients 50] [--seconds 60] [--runs 1]
-[--open-rates 50,100] [--processes 1] [--repo DIR | --baseline DIR] [--server-env KEY=VALUE] [--explain] [--profile]
-[--keep]``.
+[--open-rates 50,100] [--processes 1] [--mix queue|health] [--repo DIR | --baseline DIR]
+[--server-env KEY=VALUE] [--explain] [--profile] [--keep]``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.load_client import Call, Stats, default_mix, run_load, run_open_loop  # noqa: E402
+from benchmarks.load_client import Call, Stats, default_mix, health_mix, run_load, run_open_loop  # noqa: E402
 from benchmarks.load_cpu import CpuMeter, CpuUse  # noqa: E402
 from benchmarks.load_seed import Seeded, create_database, drop_database, seed, settings_for  # noqa: E402
 
@@ -137,13 +137,25 @@ def measure(server: Server, seeded: Seeded, pick: Callable[..., Call], *, client
     return Measured(stats, server.meter.since(before))
 
 
+def warm_up(server: Server, seeded: Seeded, pick: Callable[..., Call], seconds: float) -> None:
+    """Unmeasured requests of the same mix at a gentle 20/s, so the first measured run does not carry the
+    server's one-time costs (each pooled connection's first statements fill its PostgreSQL backend's catalog
+    cache; SQLAlchemy compiles each statement shape once)."""
+    if seconds > 0:
+        asyncio.run(run_open_loop(server.base, seeded.token, pick, rate=20.0, seconds=seconds, connections=20,
+                                  seed=0))
+
+
 def report(title: str, measured: Measured) -> None:
     print(measured.stats.table(title))
     print(measured.cpu.per_request(measured.stats.answered))
 
 
 def _lists_p99(stats: Stats) -> float | None:
+    """p99 of the lists, or of every request when the mix has no list (``--mix health``)."""
     _outcome, latencies = stats.merged("list")
+    if not latencies:
+        _outcome, latencies = stats.merged("")
     if not latencies:
         return None
     latencies.sort()
@@ -187,6 +199,7 @@ def compare(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call],
     for number, rate in enumerate(rates):
         for name, repo in repos.items():
             with serving(repo, seeded, data_dir, args.processes, extra_env=args.env) as server:
+                warm_up(server, seeded, pick, args.warmup)
                 measured = measure(server, seeded, pick, clients=args.clients, seconds=args.seconds,
                                    seed=number + 1, rate=rate)
             kind = "closed loop" if rate is None else f"open loop, {rate:g} req/s offered"
@@ -216,6 +229,7 @@ def single(args: argparse.Namespace, seeded: Seeded, pick: Callable[..., Call], 
         print(f"server: {args.repo} ({args.processes} process(es){', ' + str(args.env) if args.env else ''}), "
               f"{args.clients} clients, {args.seconds:g} s "
               f"x {args.runs} closed-loop run(s), open-loop rates {list(args.open_rates) or 'none'}")
+        warm_up(server, seeded, pick, args.warmup)
         if profile is not None:
             os.kill(server.process.pid, signal.SIGUSR1)
         rates: list[float | None] = [None] * args.runs + list(args.open_rates)
@@ -248,6 +262,11 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="server processes (uvicorn workers)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="checkout whose server code is measured")
     parser.add_argument("--baseline", type=Path, help="also measure this checkout, alternately, and print the ratio")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of unmeasured requests (20/s) after each server start")
+    parser.add_argument("--mix", choices=["queue", "health"], default="queue",
+                        help="queue: the issue's lists and reviews; health: /api/v1/health only, the ceiling of "
+                             "the HTTP stack and the load generator on this machine")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the queue's statements")
     parser.add_argument("--profile", action="store_true", help="the server under yappi")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
@@ -264,7 +283,7 @@ def main() -> int:
         print(f"seeded {args.events} events into {name} in {time.perf_counter() - started:.1f} s; "
               f"load average {os.getloadavg()[0]:.1f} before the runs (other work on the machine)")
         label = seeded.labels[1 % len(seeded.labels)]
-        pick = default_mix(*seeded.event_ids, seeded.newest, label)
+        pick = health_mix() if args.mix == "health" else default_mix(*seeded.event_ids, seeded.newest, label)
         if args.explain:
             _explain(seeded, label)
         if args.baseline is not None:

@@ -107,6 +107,13 @@ def default_mix(first_id: int, last_id: int, newest: datetime, label: str) -> Ca
     return pick
 
 
+def health_mix() -> Callable[[random.Random], Call]:
+    """Only ``GET /api/v1/health`` (no database, no authentication): the ceiling of the HTTP stack and of the
+    load generator on this machine, which no endpoint that does work can beat."""
+    call = Call("health", "GET", "/api/v1/health")
+    return lambda _rng: call
+
+
 def _session(base: str, token: str, connections: int, timeout: float) -> aiohttp.ClientSession:
     """At most ``connections`` keep-alive connections; ``timeout`` covers waiting for one too."""
     return aiohttp.ClientSession(base_url=base, headers={"Authorization": f"Bearer {token}"},

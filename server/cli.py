@@ -117,14 +117,14 @@ def _current(url: str) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.main import create_app
+    from server.main import served_app
     from server.serving import uvicorn_config
     from server.settings import Settings
 
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     if args.workers > 1:
         return _serve_processes(args, settings)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, args.host, args.port)).run()
+    uvicorn.Server(uvicorn_config(served_app(settings), settings, args.host, args.port)).run()
     return 0
 
 
@@ -145,7 +145,7 @@ def _serve_processes(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["WARDWATCH_AUTO_MIGRATE"] = "false"
     if args.data_dir:
         os.environ["WARDWATCH_DATA_DIR"] = str(args.data_dir)
-    config = uvicorn_config("server.main:create_app", settings, args.host, args.port, factory=True,
+    config = uvicorn_config("server.main:served_app", settings, args.host, args.port, factory=True,
                             workers=args.workers)
     sock = config.bind_socket()
     Multiprocess(config, sockets=[sock]).run()

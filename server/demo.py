@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ingest.synthetic import SynthConfig, generate
 from server.db.access_tables import Role
 from server.db.session import session_scope
-from server.main import create_app
+from server.main import served_app
 from server.security.permissions import Scope
 from server.services.api_tokens import create_token
 from server.services.users import create_user
@@ -133,7 +133,7 @@ def run_demo(*, data_dir: Path, host: str, port: int, seconds: float, seed: int,
     synth = generate(data_dir / "synthetic", SynthConfig(seconds=seconds, seed=seed))
     print(f"synthetic ward video: {synth.video} ({len(synth.events)} events: "
           f"{', '.join(f'{e.label}@{e.start:.0f}s' for e in synth.events)})", flush=True)
-    app = create_app(settings)
+    app = served_app(settings)
     accounts = create_demo_accounts(settings, app.state.session_factory)
     server = uvicorn.Server(uvicorn_config(app, settings, host, port, log_level="warning"))
     outcome: dict = {}
