@@ -7,11 +7,23 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
+from server.db.migrate import upgrade
+from server.db.session import make_engine, make_session_factory
 from server.main import create_app
 from server.settings import Settings
 from tests.accounts import act_as, bearer
 from tests.server.webhooks_support import dripper, receiver  # noqa: F401 - fixtures of the webhook tests
+
+
+@pytest.fixture
+def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's database, migrated to head: for tests of services without an app."""
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -4,27 +4,16 @@ finalisation -- adds nothing, on SQLite and on PostgreSQL. Rows are counted in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from model.events import DetectedEvent
-from server.db.migrate import upgrade
-from server.db.session import make_engine, make_session_factory, session_scope
+from server.db.session import session_scope
 from server.db.tables import Clip, Event, EventSource, Job, ModelVersion, Recording
 from server.pipeline import commit_clips, insert_event
 from server.services.jobs import JobKind, create_job
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _recording_and_version(factory: sessionmaker[Session]) -> tuple[int, int]:

@@ -6,7 +6,6 @@ Redis and RabbitMQ URLs, and what each transport is configured with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow
-from server.db.migrate import upgrade
-from server.db.session import make_engine, make_session_factory, session_scope
+from server.db.session import session_scope
 from server.db.tables import Job, Recording, RecordingStatus
 from server.job_sweeper import JobSweeper
 from server.services import jobs
@@ -29,14 +27,6 @@ from server.worker.dispatch import CeleryDispatcher
 from tests.conftest import free_port
 
 AMQP = "amqp://guest:s3cret@127.0.0.1:5672/wardwatch"
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _settings(tmp_path: Path, **extra: object) -> Settings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,8 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db.base import utcnow
-from server.db.migrate import upgrade
-from server.db.session import make_engine, make_session_factory, session_scope
+from server.db.session import session_scope
 from server.db.tables import Clip, JobStatus
 from server.job_lease import JobLease
 from server.main import create_app
@@ -25,14 +23,6 @@ from server.services.errors import ConflictError
 from server.services.job_recovery import recover_lost_jobs
 from server.settings import Settings
 from tests.accounts import bearer
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _new(factory: sessionmaker[Session], kind: jobs.JobKind = jobs.JobKind.score) -> int:

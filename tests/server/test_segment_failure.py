@@ -3,27 +3,16 @@ recording's scoring job and the recording."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.db.migrate import upgrade
-from server.db.session import make_engine, make_session_factory, session_scope
+from server.db.session import session_scope
 from server.db.tables import Job, JobStatus, Recording, RecordingStatus
 from server.services import jobs
 from server.services.recordings import create_recording
 from server.worker.scoring import _fail
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _waiting_recording(factory: sessionmaker[Session]) -> tuple[int, int, int, int]:
