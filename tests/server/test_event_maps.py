@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from ingest.clips import iter_clips
 from ingest.decode import read_frames
 from model.attribution import GradCAM, GuidedBackprop
 from model.inference import frames_to_tensor
@@ -25,6 +26,7 @@ from model.weights import load_checkpoint
 from server.db.session import session_scope
 from server.db.tables import Clip, Event, ModelVersion, Recording
 from server.main import create_app
+from server.pipeline import clip_spec_for
 from server.settings import Settings
 from tests.accounts import act_as
 from tests.conftest import free_port
@@ -114,11 +116,10 @@ def test_maps_match_the_attribution_engine(client: TestClient, settings: Setting
         assert {round(u, 6) for j in used for u in clip_times[j]} == {round(float(t), 6) for t in times}
 
     loaded = load_checkpoint(version.checkpoint_path, device="cpu")
-    # the same frames the worker explained: the clips' own frame times, read in one pass at the model's size
-    union = sorted({round(u, 6) for j in used for u in clip_times[j]})
-    frames = read_frames(video, union, size=loaded.input_spec.size)
-    row_of = {t: k for k, t in enumerate(union)}
-    batch = np.stack([frames[[row_of[round(u, 6)] for u in clip_times[j]]] for j in used])
+    # the very pixels that were scored: the scorer's own clips (the worker reads them again from the file)
+    scored = {clip.index: clip for clip in iter_clips(video, clip_spec_for(loaded, settings)) if clip.index in used}
+    assert all(np.allclose(scored[j].timestamps, clip_times[j], atol=1e-6) for j in used)
+    batch = np.stack([scored[j].frames for j in used])
     x = frames_to_tensor(batch, loaded.input_spec)
     cam = GradCAM(loaded.model, default_target_layer(loaded.model)).attribute(x, label_index).detach()  # [N,T,h,w]
     guided = GuidedBackprop(loaded.model).attribute(x, label_index).detach().abs().sum(dim=1)           # [N,T,h,w]
