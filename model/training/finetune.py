@@ -110,6 +110,7 @@ def finetune(
     work_dir: str | os.PathLike[str] | None = None,
     also_compare: Mapping[str, str | os.PathLike[str]] | None = None,
     pretrained: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a Wardwatch checkpoint with ATCON (or supervised / combined) and save a candidate.
 
@@ -137,6 +138,9 @@ def finetune(
         pretrained: start from this pretrained backbone (``torchvision:NAME`` or a file, see
             :mod:`model.pretrained`) with a new head, instead of the base model's weights; the base
             still gives the architecture, classes and input, and is what the candidate is compared with.
+        provenance: what produced this candidate (e.g. ``{"job_id": 7}``), kept in its metrics. It also makes
+            every job's file its own: a deterministic run repeated on the same data would otherwise write a
+            checkpoint identical byte for byte to an earlier one (same SHA-256, so the same model version).
 
     Returns:
         :class:`FinetuneResult` (path, sha256, metrics, comparison, history).
@@ -189,6 +193,7 @@ def finetune(
             "seconds": round(result.seconds, 2),
             "labelled": len(lab or ()),
             "unlabelled": len(unl or ()),
+            "provenance": dict(provenance or {}),
         }
     }
     comparison: dict[str, Any] = {}

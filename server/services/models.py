@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from model.weights import LoadedModel
 from server.db.tables import ModelState, ModelVersion
-from server.services.errors import NotFoundError
+from server.services.errors import ConflictError, NotFoundError
 
 
 def get_active_model(*, session: Session) -> ModelVersion | None:
@@ -62,4 +62,23 @@ def register_checkpoint(*, session: Session, loaded: LoadedModel, activate: bool
         session.flush()
     if activate:
         activate_model(session=session, model_id=version.id)
+    return version
+
+
+class DuplicateCheckpoint(ConflictError):
+    """A candidate's checkpoint is byte for byte a registered version's."""
+
+
+def register_candidate(*, session: Session, loaded: LoadedModel, name: str, parent_id: int | None,
+                       metrics: dict[str, object], created_by: str | None = None) -> ModelVersion:
+    """A new ``candidate`` version for a fine-tune job's checkpoint. DuplicateCheckpoint when a version with the
+    same file (SHA-256) exists: an existing version (perhaps the active one) is never renamed, re-parented or
+    put back to ``candidate`` by a job that happened to write the same bytes."""
+    existing = session.scalars(select(ModelVersion).where(ModelVersion.checkpoint_sha256 == loaded.sha256)).first()
+    if existing is not None:
+        raise DuplicateCheckpoint(f"the candidate's checkpoint is identical to model version {existing.id} "
+                            f"({existing.name}); nothing was registered")
+    version = register_checkpoint(session=session, loaded=loaded, activate=False, created_by=created_by)
+    version.name, version.parent_id, version.state, version.metrics = name, parent_id, ModelState.candidate, metrics
+    session.flush()
     return version

@@ -15,7 +15,7 @@ from model.training.finetune import TrainingCancelled, finetune
 from model.training.loop import TrainProgress
 from model.weights import load_checkpoint
 from server.db.session import session_scope
-from server.db.tables import Job, JobStatus, ModelState, ModelVersion
+from server.db.tables import Job, JobStatus, ModelVersion
 from server.job_lease import JobLease
 from server.pipeline import WorkerContext
 from server.services.jobs import (
@@ -28,7 +28,7 @@ from server.services.jobs import (
     start_job,
     succeed_job,
 )
-from server.services.models import get_active_model, register_checkpoint
+from server.services.models import DuplicateCheckpoint, get_active_model, register_candidate
 from server.training_curves import TrainingCurves
 from server.training_data import build_finetune_data
 
@@ -120,7 +120,7 @@ def _run(ctx: WorkerContext, job_id: int, params: dict[str, Any], lease: JobLeas
             hyperparameters={"log_every": 1, **params.get("hyperparameters", {})}, on_progress=link.progress,
             should_cancel=link.should_cancel, device=ctx.settings.device,
             work_dir=ctx.settings.data_dir / "jobs" / str(job_id), also_compare=others,
-            pretrained=params.get("pretrained"),
+            pretrained=params.get("pretrained"), provenance={"job_id": job_id, "base_model_version_id": base_id},
         )
         if "others" in result.comparison:
             result.comparison["others"]["active"]["model_version_id"] = active_id
@@ -137,20 +137,21 @@ def _run(ctx: WorkerContext, job_id: int, params: dict[str, Any], lease: JobLeas
         out_path.unlink(missing_ok=True)
         _finish(ctx, job_id, lease, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
         return
-    with session_scope(ctx.session_factory) as session:
-        lease.renew(session)  # still ours: a run that lost its lease registers no model
-        job = session.get(Job, job_id)
-        loaded = load_checkpoint(result.path, device="cpu")
-        version = register_checkpoint(session=session, loaded=loaded, activate=False,
-                                      created_by=job.created_by if job else None)
-        version.name = f"finetune-{job_id}"
-        version.parent_id = base_id
-        version.state = ModelState.candidate
-        version.metrics = {**result.metrics, "comparison": result.comparison, "data": data.summary()}
-        session.flush()
-        summary = {"model_version_id": version.id, "comparison": result.comparison, "data": data.summary(),
-                   "history": result.history}
-        succeed_job(session=session, job_id=job_id, owner=lease.owner, result=summary)
+    try:
+        with session_scope(ctx.session_factory) as session:
+            lease.renew(session)  # still ours: a run that lost its lease registers no model
+            job = session.get(Job, job_id)
+            loaded = load_checkpoint(result.path, device="cpu")
+            version = register_candidate(
+                session=session, loaded=loaded, name=f"finetune-{job_id}", parent_id=base_id,
+                metrics={**result.metrics, "comparison": result.comparison, "data": data.summary()},
+                created_by=job.created_by if job else None)
+            summary = {"model_version_id": version.id, "comparison": result.comparison, "data": data.summary(),
+                       "history": result.history}
+            succeed_job(session=session, job_id=job_id, owner=lease.owner, result=summary)
+    except DuplicateCheckpoint as exc:  # the same bytes as a registered version: that version is left as it is
+        out_path.unlink(missing_ok=True)
+        _finish(ctx, job_id, lease, JobStatus.failed, error=str(exc))
 
 
 def _finish(ctx: WorkerContext, job_id: int, lease: JobLease, status: JobStatus, *, error: str) -> None:

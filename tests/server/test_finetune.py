@@ -77,6 +77,8 @@ def test_finetune_candidate_activate_rollback(tmp_path: Path, db_url: str, ward_
         models = {m["id"]: m for m in client.get("/api/v1/models").json()}
         candidate = models[job["result"]["model_version_id"]]
         assert candidate["state"] == "candidate" and candidate["parent_id"] == base["id"]
+        provenance = candidate["metrics"]["finetune"]["provenance"]
+        assert provenance == {"job_id": job["id"], "base_model_version_id": base["id"]}
         comparison = candidate["metrics"]["comparison"]
         assert {"base", "candidate", "diff_macro_f1"} <= set(comparison)
         assert abs(comparison["candidate"]["macro_f1"] - comparison["base"]["macro_f1"]
@@ -101,6 +103,9 @@ def test_finetune_candidate_activate_rollback(tmp_path: Path, db_url: str, ward_
         wait_for_tasks(client, timeout=600)
         older = client.get(f"/api/v1/jobs/{older['id']}").json()
         assert older["status"] == "succeeded", older["error"]
+        # its own version, even where the run repeats the first one's bytes; what is active stays active
+        assert older["result"]["model_version_id"] not in (base["id"], candidate["id"])
+        assert client.get("/api/v1/ready").json()["model"]["id"] == candidate["id"]
         active_side = older["result"]["comparison"]["others"]["active"]
         assert active_side["model_version_id"] == candidate["id"] and active_side["comparable"] is True
         assert abs(older["result"]["comparison"]["candidate"]["macro_f1"] - active_side["macro_f1"]
