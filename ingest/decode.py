@@ -229,6 +229,16 @@ def _read_decord(path: str | os.PathLike[str], wanted: np.ndarray, size: tuple[i
     return np.ascontiguousarray(batch, dtype=np.uint8)
 
 
+#: how far before the time asked for a verified seek retries (seconds; None: from the start)
+_SEEK_BACK_OFF: tuple[float | None, ...] = (0.0, 2.0, 10.0, None)
+
+
+def _chain(first: av.VideoFrame | None, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
 class _PyAVCursor:
     """Forward-only decoding position with one frame of look-behind, seeking when far behind.
 
@@ -251,13 +261,44 @@ class _PyAVCursor:
             self.frames.close()  # type: ignore[attr-defined]
         time_base = self.clock.time_base
         if time_base is not None and t > _SEEK_AHEAD_SECONDS:
-            origin = self.stream.start_time or 0
-            self.container.seek(int(t / time_base) + origin, stream=self.stream, backward=True)
-        elif self.frames is not None:
-            self.container.seek(self.stream.start_time or 0, stream=self.stream, backward=True)
-        self.frames = decoded_frames(self.container, self.stream, self.errors)
+            self.frames = self._frames_from_at_most(t, time_base)
+        else:
+            if self.frames is not None:
+                self.container.seek(self.stream.start_time or 0, stream=self.stream, backward=True)
+            self.frames = decoded_frames(self.container, self.stream, self.errors)
         self.prev = self.cur = None
         self.exhausted = False
+
+    def _frames_from_at_most(self, t: float, time_base: Fraction) -> Iterator[av.VideoFrame]:
+        """Decoded frames from a frame at or before ``t`` seconds.
+
+        Demuxers seek by their own index (MPEG-TS by byte position, AVI by decode time), so "backward to ``t``"
+        can land after it; then the frames before the landing point would be missing and every time before it
+        would get the landing frame. The first decoded frame is checked, and the seek goes further back
+        (:data:`_SEEK_BACK_OFF`, at last to the start) until it does not land after ``t``.
+        """
+        origin = self.stream.start_time or 0
+        for back in _SEEK_BACK_OFF:
+            start = t - back if back is not None else 0.0
+            target = int(start / time_base) + origin if start > 0 else origin
+            self.container.seek(target, stream=self.stream, backward=True)
+            frames = decoded_frames(self.container, self.stream, self.errors)
+            first = next(frames, None)
+            if first is None and back is not None:
+                continue  # landed at the end: try from further back
+            landed = self._seconds(first) if first is not None else None
+            if first is None or landed is None or landed <= t or back is None:
+                return _chain(first, frames)
+            log.debug("%s: seek for %.3f s landed at %.3f s; seeking further back", self.container.name, t, landed)
+            frames.close()  # type: ignore[attr-defined]
+        return iter(())
+
+    def _seconds(self, frame: av.VideoFrame) -> float | None:
+        """The frame's time as :class:`_Clock` gives it, without advancing the clock; None without a pts."""
+        origin = self.clock.origin if self.clock.origin is not None else self.stream.start_time
+        if frame.pts is None or origin is None or self.clock.time_base is None:
+            return None
+        return max(0.0, float((frame.pts - origin) * self.clock.time_base))
 
     def nearest(self, t: float) -> tuple[float, av.VideoFrame] | None:
         behind = self.prev is not None and t < self.prev[0]

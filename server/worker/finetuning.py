@@ -125,13 +125,14 @@ def _run(ctx: WorkerContext, job_id: int, params: dict[str, Any], lease: JobLeas
         if "others" in result.comparison:
             result.comparison["others"]["active"]["model_version_id"] = active_id
     except TrainingCancelled:
+        # stopped because the job went to another worker: that worker finishes it, and the candidate file at
+        # out_path may already be its registered model's (so it is left alone)
+        lease.check()
         out_path.unlink(missing_ok=True)
-        lease.check()  # stopped because the job went to another worker: that worker finishes it
         _finish(ctx, job_id, lease, JobStatus.cancelled, error="cancelled by an administrator")
         return
     except LeaseLost:
-        out_path.unlink(missing_ok=True)
-        raise
+        raise  # the job is another worker's now: so may be the file at out_path
     except Exception as exc:  # noqa: BLE001 - the reason must land on the job
         log.exception("fine-tune job %s failed", job_id)
         out_path.unlink(missing_ok=True)
