@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +30,14 @@ def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None, device="cpu")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    """A started app (its lifespan entered) for tests that make their own clients and credentials."""
+    application = create_app(settings)
+    with TestClient(application):
+        yield application
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ an entry (SQLite and PostgreSQL triggers); GET /audit filters and pages, for aud
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,18 +15,8 @@ from sqlalchemy.exc import DBAPIError
 from server.db.access_tables import AuditLog
 from server.db.base import utcnow
 from server.db.session import make_engine
-from server.main import create_app
-from server.settings import Settings
 from tests.accounts import bearer
 from tests.server.access import seed
-
-
-@pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[object]:
-    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
-    with TestClient(application):
-        yield application
 
 
 def _entries(app, **filters) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -29,7 +29,6 @@ from server.db.session import session_scope
 from server.db.tables import Event, Explanation, ModelState, ModelVersion, Recording, RecordingStatus
 from server.fhir.audit_event import action_code, audit_event
 from server.fhir.systems import FhirSystems
-from server.main import create_app
 from server.services.audit import listing_detail
 from server.settings import Settings
 from tests.accounts import bearer
@@ -46,14 +45,6 @@ class Ward:
     offsets: dict[str, tuple[float, float]]
     files: dict[str, bytes]             # API path -> the bytes it serves
     model_id: int
-
-
-@pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[Any]:
-    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
-    with TestClient(application):
-        yield application
 
 
 def _write(data_dir: Path, relative: str, data: bytes, files: dict[str, bytes], api_path: str) -> str:

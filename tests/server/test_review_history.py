@@ -5,8 +5,6 @@ and the database refuses to rewrite a decision."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,21 +16,11 @@ from server.db.base import utcnow
 from server.db.migrate import downgrade, upgrade
 from server.db.session import make_engine, session_scope
 from server.db.tables import Clip, Event, EventReview, ModelVersion, Recording, RecordingStatus
-from server.main import create_app
-from server.settings import Settings
 from server.training_data import NotEnoughDataError, build_finetune_data
 from tests.accounts import bearer
 from tests.server.access import Seeded, seed, signed_in
 
 CLASSES = "bed_exit, fall, rhythmic_movement"  # the demo model's classes; the seeded event is a "fall"
-
-
-@pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[Any]:
-    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
-    with TestClient(application):
-        yield application
 
 
 @pytest.fixture

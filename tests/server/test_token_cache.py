@@ -4,9 +4,7 @@ changes role, is refused on the very next request; a cached token costs no token
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,19 +13,9 @@ from sqlalchemy import event, select, text
 from server.db.access_tables import ApiToken, AuthEpoch
 from server.db.base import utcnow
 from server.db.session import make_engine
-from server.main import create_app
-from server.settings import Settings
 from tests.accounts import bearer, ensure_user, token_for
 
 EVENTS = "/api/v1/events?limit=5"
-
-
-@pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[object]:
-    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
-    with TestClient(application):
-        yield application
 
 
 def _token_queries(app: object) -> list[str]:

@@ -4,7 +4,6 @@ does more than its scopes or its user's role; only a digest is stored; an upload
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,21 +14,11 @@ from sqlalchemy import select, text, update
 from server.db.access_tables import ApiToken, Role, User
 from server.db.base import utcnow
 from server.db.session import session_scope
-from server.main import create_app
 from server.services.api_tokens import create_token, revoke_token
-from server.settings import Settings
 from tests.accounts import ensure_user, token_for
 from tests.server.access import seed
 
 LOGIN_PATH = "/api/v1/session"
-
-
-@pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[object]:
-    application = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=None,
-                                      device="cpu"))
-    with TestClient(application):
-        yield application
 
 
 def _get(app, headers: dict[str, str], path: str = "/api/v1/events"):  # type: ignore[no-untyped-def]
