@@ -95,6 +95,12 @@ def decode(
         pass
 
 
+def prepend(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+    """``first``, then ``rest``: a frame read to check where a seek landed goes back in front."""
+    yield first
+    yield from rest
+
+
 def decoded_frames(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, errors: ErrorLog
 ) -> Iterator[av.VideoFrame]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import av
 
 from ingest._cutter import Cutter, Sample
-from ingest._decoding import ErrorLog, decoded_frames, demux
+from ingest._decoding import ErrorLog, decoded_frames, demux, prepend
 from ingest._plan import REORDER_WINDOW
 from ingest._reader import Kept, SampledReader
 
@@ -157,12 +157,8 @@ def _seek_before(reader: SampledReader, pts: int, keyframes: list[int]) -> Itera
         if first is None:
             continue
         if first.pts is None or first.pts <= pts or target is None:
-            return _prepend(first, frames)
+            return prepend(first, frames)
         log.debug("%s: seek to %s landed at pts %s > %s; seeking further back", reader.name, target, first.pts, pts)
         frames.close()
     return iter(())
 
-
-def _prepend(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
-    yield first
-    yield from rest

@@ -20,7 +20,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ingest._decoding import ErrorLog, decoded_frames
+from ingest._decoding import ErrorLog, decoded_frames, prepend
 from ingest._media import (
     check_size,
     frame_rate,
@@ -60,17 +60,20 @@ class _Clock:
         self.count = 0
 
     def __call__(self, frame: av.VideoFrame) -> tuple[int, float]:
-        if frame.pts is not None and self.time_base is not None:
-            if self.origin is None:
-                self.origin = frame.pts
-            t = max(0.0, float((frame.pts - self.origin) * self.time_base))
-        elif self.fps > 0:
-            t = self.count / self.fps
-        else:
-            t = float(self.count)
+        if frame.pts is not None and self.time_base is not None and self.origin is None:
+            self.origin = frame.pts
+        t = self.seconds_of(frame)
+        if t is None:
+            t = self.count / self.fps if self.fps > 0 else float(self.count)
         index = self.count
         self.count += 1
         return index, t
+
+    def seconds_of(self, frame: av.VideoFrame) -> float | None:
+        """The frame's time from its pts, without counting it; None without a pts (or before any origin)."""
+        if frame.pts is None or self.time_base is None or self.origin is None:
+            return None
+        return max(0.0, float((frame.pts - self.origin) * self.time_base))
 
 
 def iter_frames(
@@ -233,12 +236,6 @@ def _read_decord(path: str | os.PathLike[str], wanted: np.ndarray, size: tuple[i
 _SEEK_BACK_OFF: tuple[float | None, ...] = (0.0, 2.0, 10.0, None)
 
 
-def _chain(first: av.VideoFrame | None, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
-    if first is not None:
-        yield first
-    yield from rest
-
-
 class _PyAVCursor:
     """Forward-only decoding position with one frame of look-behind, seeking when far behind.
 
@@ -284,21 +281,15 @@ class _PyAVCursor:
             self.container.seek(target, stream=self.stream, backward=True)
             frames = decoded_frames(self.container, self.stream, self.errors)
             first = next(frames, None)
-            if first is None and back is not None:
-                continue  # landed at the end: try from further back
-            landed = self._seconds(first) if first is not None else None
-            if first is None or landed is None or landed <= t or back is None:
-                return _chain(first, frames)
-            log.debug("%s: seek for %.3f s landed at %.3f s; seeking further back", self.container.name, t, landed)
+            if first is None:  # landed at the end: try from further back
+                if back is None:
+                    return frames
+            elif back is None or (landed := self.clock.seconds_of(first)) is None or landed <= t:
+                return prepend(first, frames)
+            else:
+                log.debug("%s: seek for %.3f s landed at %.3f s; further back", self.container.name, t, landed)
             frames.close()  # type: ignore[attr-defined]
         return iter(())
-
-    def _seconds(self, frame: av.VideoFrame) -> float | None:
-        """The frame's time as :class:`_Clock` gives it, without advancing the clock; None without a pts."""
-        origin = self.clock.origin if self.clock.origin is not None else self.stream.start_time
-        if frame.pts is None or origin is None or self.clock.time_base is None:
-            return None
-        return max(0.0, float((frame.pts - origin) * self.clock.time_base))
 
     def nearest(self, t: float) -> tuple[float, av.VideoFrame] | None:
         behind = self.prev is not None and t < self.prev[0]

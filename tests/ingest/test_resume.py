@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ingest._resume as resume
+from ingest._decoding import prepend
 from ingest.clips import Clip, ClipSpec, IngestReport, iter_clips
 
 # B-frames (x264 "fast": B-pyramid, so frames leave the decoder out of file order) and a keyframe every
@@ -73,7 +74,7 @@ def test_resume_seeks_instead_of_decoding_from_the_start(make_video, monkeypatch
         frames = real(reader, pts, keyframes)
         first = next(frames)
         first_decoded.append(first.pts)
-        return resume._prepend(first, frames)
+        return prepend(first, frames)
 
     monkeypatch.setattr(resume, "_seek_before", spy)
     part, _ = _run(path, spec, start_index=7)
