@@ -44,22 +44,9 @@ def activate_model(*, session: Session, model_id: int) -> ModelVersion:
 def register_checkpoint(*, session: Session, loaded: LoadedModel, activate: bool,
                         created_by: str | None = None) -> ModelVersion:
     """Find the model version for this checkpoint (by sha256) or create it; optionally make it the active one."""
-    version = session.scalars(
-        select(ModelVersion).where(ModelVersion.checkpoint_sha256 == loaded.sha256)
-    ).first()
+    version = _version_with_file(session, loaded.sha256)
     if version is None:
-        version = ModelVersion(
-            name=Path(loaded.path).stem,
-            architecture=loaded.arch,
-            class_names=list(loaded.class_names),
-            input_spec=dataclasses.asdict(loaded.input_spec),
-            checkpoint_path=str(loaded.path),
-            checkpoint_sha256=loaded.sha256,
-            metrics=dict(loaded.metrics),
-            created_by=created_by,
-        )
-        session.add(version)
-        session.flush()
+        version = _add_version(session, loaded, created_by)
     if activate:
         activate_model(session=session, model_id=version.id)
     return version
@@ -74,11 +61,32 @@ def register_candidate(*, session: Session, loaded: LoadedModel, name: str, pare
     """A new ``candidate`` version for a fine-tune job's checkpoint. DuplicateCheckpoint when a version with the
     same file (SHA-256) exists: an existing version (perhaps the active one) is never renamed, re-parented or
     put back to ``candidate`` by a job that happened to write the same bytes."""
-    existing = session.scalars(select(ModelVersion).where(ModelVersion.checkpoint_sha256 == loaded.sha256)).first()
-    if existing is not None:
+    if (existing := _version_with_file(session, loaded.sha256)) is not None:
         raise DuplicateCheckpoint(f"the candidate's checkpoint is identical to model version {existing.id} "
-                            f"({existing.name}); nothing was registered")
-    version = register_checkpoint(session=session, loaded=loaded, activate=False, created_by=created_by)
-    version.name, version.parent_id, version.state, version.metrics = name, parent_id, ModelState.candidate, metrics
+                                  f"({existing.name}); nothing was registered")
+    return _add_version(session, loaded, created_by, name=name, parent_id=parent_id, metrics=metrics)
+
+
+def _version_with_file(session: Session, sha256: str) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.checkpoint_sha256 == sha256)).first()
+
+
+def _add_version(session: Session, loaded: LoadedModel, created_by: str | None, *, name: str | None = None,
+                 parent_id: int | None = None, metrics: dict[str, object] | None = None) -> ModelVersion:
+    """A new ``candidate`` version row for ``loaded`` (flushed, with its id); by default named after the file,
+    with the checkpoint's own metrics."""
+    version = ModelVersion(
+        name=name if name is not None else Path(loaded.path).stem,
+        architecture=loaded.arch,
+        class_names=list(loaded.class_names),
+        input_spec=dataclasses.asdict(loaded.input_spec),
+        checkpoint_path=str(loaded.path),
+        checkpoint_sha256=loaded.sha256,
+        metrics=metrics if metrics is not None else dict(loaded.metrics),
+        parent_id=parent_id,
+        state=ModelState.candidate,
+        created_by=created_by,
+    )
+    session.add(version)
     session.flush()
     return version
